@@ -1,0 +1,8 @@
+//! VM Overlay: keeps libvirt/QEMU guests disposable.
+//!
+//! `libvirt` watches domains (the only module that touches libvirt), `cli` implements the
+//! scriptable subcommands. See DESIGN in the README for how data flows.
+
+pub mod cli;
+pub mod config;
+pub mod libvirt;
