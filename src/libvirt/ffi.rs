@@ -27,29 +27,41 @@ pub struct RawLifecycle {
 type LifecycleFn = Box<dyn Fn(RawLifecycle) + Send + 'static>;
 type CloseFn = Box<dyn Fn(i32) + Send + 'static>;
 
-static EVENT_LOOP: Once = Once::new();
+static EVENT_IMPL: Once = Once::new();
 
-/// Registers libvirt's default event loop implementation and starts the thread that runs it.
+/// Registers libvirt's default event-loop implementation, once, before any connection.
 ///
-/// Must run before the first connection is opened (libvirt reads the registered
-/// implementation when a connection is made); `crate::libvirt::open` calls it for that reason.
-pub fn ensure_event_loop() {
-    EVENT_LOOP.call_once(|| {
+/// Since libvirt 6.1 that implementation is GLib's *global default* `GMainContext`
+/// (`vireventglib.c`): libvirt's sockets, timers and keepalives become sources on it, and
+/// `virEventRunDefaultImpl()` is just `g_main_context_iteration(NULL, TRUE)`. So the process's
+/// one glib main loop (the app's, or `watch`'s) runs libvirt's events; a second thread calling
+/// `virEventRunDefaultImpl()` would also dispatch GTK's and our own main-context sources on the
+/// wrong thread. `crate::libvirt::open` calls this, so no connection can precede it.
+pub fn register_event_impl() {
+    EVENT_IMPL.call_once(|| {
         // Silence libvirt's default handler that prints every error to stderr; errors are
         // returned to us as values and reported by the caller.
         virt::error::clear_error_callback();
         // SAFETY: takes no arguments and only installs libvirt's own implementation;
         // `Once` guarantees it runs a single time, before any connection exists.
-        let rc = unsafe { sys::virEventRegisterDefaultImpl() };
-        if rc < 0 {
-            log::error!("virEventRegisterDefaultImpl failed; libvirt events will not arrive");
-            return;
+        if unsafe { sys::virEventRegisterDefaultImpl() } < 0 {
+            log::error!("virEventRegisterDefaultImpl failed: {}", last_error());
         }
+    });
+}
+
+/// Runs libvirt's event loop (the default main context) on a thread of its own, for processes
+/// that have no glib main loop of their own (tests, benchmarks, embedders). Never call it in a
+/// process that runs a glib or GTK main loop.
+pub fn spawn_event_thread() {
+    static THREAD: Once = Once::new();
+    register_event_impl();
+    THREAD.call_once(|| {
         std::thread::Builder::new()
             .name("libvirt-events".into())
             .spawn(|| loop {
-                // SAFETY: the default implementation was registered above; this thread is
-                // the only one that runs the loop.
+                // SAFETY: the default implementation is registered above; this is the only
+                // thread of the process that iterates it.
                 if unsafe { sys::virEventRunDefaultImpl() } < 0 {
                     log::error!("virEventRunDefaultImpl failed: {}", last_error());
                     std::thread::sleep(std::time::Duration::from_millis(100));

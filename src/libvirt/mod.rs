@@ -14,10 +14,13 @@ use virt::connect::Connect;
 /// The default connection, as for `virsh`.
 pub const DEFAULT_URI: &str = "qemu:///system";
 
+pub use ffi::spawn_event_thread;
+
 /// Opens a connection, making sure libvirt's event loop is registered first (libvirt requires
-/// that order, and forgetting it silently loses every event and keepalive).
+/// that order, and forgetting it silently loses every event and keepalive). The events are
+/// dispatched by whoever runs glib's default main context: the app's or `watch`'s main loop.
 pub fn open(uri: &str, read_only: bool) -> Result<Connect, virt::error::Error> {
-    ffi::ensure_event_loop();
+    ffi::register_event_impl();
     if read_only {
         Connect::open_read_only(Some(uri))
     } else {

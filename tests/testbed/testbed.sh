@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The project's test bed: a real libvirtd (with virtlogd) on its own socket directory.
+#   testbed.sh install   Debian packages the tests need (root)
+#   testbed.sh start     start virtlogd + libvirtd if not running; wait until it answers
+#   testbed.sh stop      stop libvirtd (SIGTERM; QEMU processes keep running, as with systemd)
+#   testbed.sh kill      SIGKILL libvirtd (a crash)
+#   testbed.sh uri       print the connection URI of the test bed
+set -euo pipefail
+
+SOCK_DIR=/run/vmoverlay-testbed
+PIDFILE=$SOCK_DIR/libvirtd.pid
+URI="qemu:///system?socket=$SOCK_DIR/libvirt-sock"
+HERE=$(cd "$(dirname "$0")" && pwd)
+
+say() { echo "testbed: $*" >&2; }
+
+install_packages() {
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    # qemu-system-x86 7.2 and a newer qemu-utils (backports) conflict: pin qemu-utils to the
+    # same version as qemu-system-x86 and install both in one call, or qemu-img disappears.
+    local v
+    v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/{print $2}')
+    apt-get install -y -q --no-install-recommends --allow-downgrades \
+        libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
+        qemu-system-x86 "qemu-utils=$v" \
+        linux-image-cloud-amd64 busybox-static \
+        pkg-config gcc util-linux procps
+}
+
+running() {
+    [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
+}
+
+prepare() {
+    mkdir -p /var/log/libvirt /var/run/libvirt /var/lib/libvirt/images "$SOCK_DIR"
+    # The qemu driver refuses to initialise without these, even when guests run as root.
+    getent group kvm >/dev/null || groupadd -r kvm
+    getent group libvirt-qemu >/dev/null || groupadd -r libvirt-qemu
+    id libvirt-qemu >/dev/null 2>&1 ||
+        useradd -r -s /usr/sbin/nologin -g libvirt-qemu -G kvm libvirt-qemu
+    # The qemu driver of a privileged libvirtd reads only /etc/libvirt/qemu.conf.
+    if ! cmp -s "$HERE/qemu.conf" /etc/libvirt/qemu.conf; then
+        [ -f /etc/libvirt/qemu.conf ] && [ ! -f /etc/libvirt/qemu.conf.vmoverlay-orig ] &&
+            cp /etc/libvirt/qemu.conf /etc/libvirt/qemu.conf.vmoverlay-orig
+        install -m 0600 "$HERE/qemu.conf" /etc/libvirt/qemu.conf
+    fi
+}
+
+start() {
+    prepare
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    if ! running; then
+        libvirtd -d -f "$HERE/libvirtd.conf" -p "$PIDFILE"
+    fi
+    for _ in $(seq 1 200); do
+        if virsh -q -c "$URI" version >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    say "libvirtd did not answer on $URI; see /var/log/libvirt/vmoverlay-testbed.log"
+    exit 1
+}
+
+stop_with() {
+    local sig=$1
+    if running; then
+        local pid
+        pid=$(cat "$PIDFILE")
+        kill "-$sig" "$pid"
+        for _ in $(seq 1 200); do
+            kill -0 "$pid" 2>/dev/null || return 0
+            sleep 0.05
+        done
+        say "libvirtd $pid did not exit"
+        exit 1
+    fi
+}
+
+case "${1:-}" in
+    install) install_packages ;;
+    start) start ;;
+    stop) stop_with TERM ;;
+    kill) stop_with KILL ;;
+    uri) echo "$URI" ;;
+    *) echo "usage: $0 install|start|stop|kill|uri" >&2; exit 64 ;;
+esac
