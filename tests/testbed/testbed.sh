@@ -25,6 +25,7 @@ install_packages() {
         libvirt-dev libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients \
         qemu-system-x86 "qemu-utils=$v" \
         linux-image-cloud-amd64 busybox-static \
+        libgtk-4-dev libadwaita-1-dev meson gettext \
         pkg-config gcc util-linux procps
 }
 
