@@ -1,14 +1,21 @@
 //! The scriptable command line: `status` and `watch` (more subcommands come with the engine).
 //! Output formats and exit codes are a contract that scripts rely on.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::libvirt::domains::LibvirtCheck;
 use crate::libvirt::{self, Model, Monitor, MonitorConfig, MonitorEvent};
+use crate::overlay::{
+    self, DomainCheck, DomainDisks, EngineError, JobEvent, Journal, ManagedDisk, OpKind, Progress,
+    Record, Request,
+};
+use crate::settings;
+use crate::units::human_bytes;
 
 /// Exit codes: distinct per failure class, so scripts can tell them apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +25,16 @@ pub enum Exit {
     Failure = 1,
     /// A connection URI could not be opened.
     Connect = 2,
-    /// The named domain does not exist.
+    /// The named domain (or disk) does not exist.
     NotFound = 3,
     /// Not yet part of this build.
     Unavailable = 69,
 }
+
+/// Exit codes of engine refusals (see `EngineError::exit_code`): 4 not managed, 5 running,
+/// 6 locked or busy, 7 shared base, 8 no space, 9 not writable; 10 not confirmed.
+pub const EXIT_NOT_CONFIRMED: i32 = 10;
+pub const EXIT_USAGE: i32 = 64;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -65,6 +77,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Merge a shut-off VM's overlay into its base, then rebuild the overlay empty
+    Commit(OpArgs),
+    /// Throw away a shut-off VM's overlay changes: rebuild the overlay empty, base untouched
+    Discard(OpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct OpArgs {
+    /// The domain
+    pub vm: String,
+    /// Only this disk (its target, e.g. vda); default: every managed disk
+    #[arg(long, value_name = "TARGET")]
+    pub disk: Option<String>,
+    /// Do not ask for confirmation (required when not on a terminal)
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 impl Cli {
@@ -77,17 +105,19 @@ impl Cli {
     }
 }
 
-pub fn run(cli: Cli) -> Exit {
+pub fn run(cli: Cli) -> i32 {
     let uris = cli.uris();
     match cli.command {
         Some(Command::Status { vm, json }) => status(&uris, vm.as_deref(), json),
-        Some(Command::Watch { json }) => watch(uris, json),
+        Some(Command::Watch { json }) => watch(uris, json) as i32,
+        Some(Command::Commit(args)) => operate(&uris, OpKind::Commit, &args),
+        Some(Command::Discard(args)) => operate(&uris, OpKind::Discard, &args),
         None => {
             eprintln!(
                 "vmoverlay: the desktop application is not part of this build yet; \
-                 use `vmoverlay watch` or `vmoverlay status`. Nothing was changed."
+                 use `vmoverlay watch`, `status`, `commit` or `discard`. Nothing was changed."
             );
-            Exit::Unavailable
+            Exit::Unavailable as i32
         }
     }
 }
@@ -96,69 +126,372 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
-fn status(uris: &[String], only: Option<&str>, as_json: bool) -> Exit {
+fn connect_error(uri: &str, e: &virt::error::Error) -> i32 {
+    eprintln!(
+        "vmoverlay: cannot connect to '{uri}': {}. Nothing was changed.",
+        e.message()
+    );
+    Exit::Connect as i32
+}
+
+/// One domain's disks as `status` reports them.
+fn disks_json(journal: &Journal, disks: &DomainDisks) -> serde_json::Value {
+    let managed: Vec<_> = disks
+        .managed
+        .iter()
+        .map(|d| {
+            json!({
+                "target": d.target,
+                "overlay": d.overlay,
+                "base": d.base,
+                "changed_bytes": overlay::image::changed_bytes(&d.overlay).ok(),
+                "pending": journal.get(&d.overlay).map(|r| r.op.word()),
+                "last": journal.last(&d.overlay),
+            })
+        })
+        .collect();
+    let skipped: Vec<_> = disks
+        .skipped
+        .iter()
+        .map(|d| json!({"target": d.target, "source": d.source, "reason": d.reason}))
+        .collect();
+    json!({"managed": managed, "skipped": skipped})
+}
+
+fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
+    let journal = Journal::default_location();
+    recover_pending(&journal);
     let mut rows = Vec::new();
     for uri in uris {
         let conn = match libvirt::open(uri, true) {
             Ok(c) => c,
-            Err(e) => {
-                eprintln!(
-                    "vmoverlay: cannot connect to '{uri}': {}. Nothing was changed.",
-                    e.message()
-                );
-                return Exit::Connect;
-            }
+            Err(e) => return connect_error(uri, &e),
         };
-        match libvirt::list_domains(&conn) {
-            Ok(domains) => rows.extend(domains.into_iter().map(|d| (uri.clone(), d))),
+        let domains = match libvirt::list_domains(&conn) {
+            Ok(d) => d,
             Err(e) => {
                 eprintln!(
                     "vmoverlay: cannot list domains on '{uri}': {}. Nothing was changed.",
                     e.message()
                 );
-                return Exit::Connect;
+                return Exit::Connect as i32;
             }
+        };
+        for d in domains {
+            if only.is_some_and(|name| name != d.name) {
+                continue;
+            }
+            let pins = settings::pins_for(&d.name).unwrap_or_default();
+            let disks = conn
+                .lookup_domain_by_name(&d.name)
+                .and_then(|dom| dom.xml_desc(0))
+                .map_err(|e| e.message().to_string())
+                .and_then(|xml| overlay::discover(&xml, &pins));
+            rows.push((uri.clone(), d, disks));
         }
     }
-    if let Some(name) = only {
-        rows.retain(|(_, d)| d.name == name);
-        if rows.is_empty() {
-            eprintln!(
-                "vmoverlay: no domain named '{name}' on {}. Nothing was changed.",
-                uris.join(", ")
-            );
-            return Exit::NotFound;
-        }
+    if let (Some(name), true) = (only, rows.is_empty()) {
+        eprintln!(
+            "vmoverlay: no domain named '{name}' on {}. Nothing was changed.",
+            uris.join(", ")
+        );
+        return Exit::NotFound as i32;
     }
     let mut out = std::io::stdout().lock();
     if as_json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(uri, d)| {
+            .map(|(uri, d, disks)| {
+                let (disks, error) = match disks {
+                    Ok(disks) => (disks_json(&journal, disks), None),
+                    Err(e) => (json!({"managed": [], "skipped": []}), Some(e.clone())),
+                };
                 json!({
                     "uri": uri,
                     "domain": d.name,
                     "uuid": d.uuid,
                     "state": d.state.kind.word(),
                     "reason": d.state.reason_word(),
+                    "disks": disks["managed"],
+                    "skipped_disks": disks["skipped"],
+                    "error": error,
                 })
             })
             .collect();
         let _ = writeln!(out, "{}", serde_json::Value::Array(list));
-    } else {
-        let _ = writeln!(out, "{:<24} {:<14} {:<16} URI", "DOMAIN", "STATE", "REASON");
-        for (uri, d) in &rows {
-            let _ = writeln!(
-                out,
-                "{:<24} {:<14} {:<16} {}",
-                d.name,
-                d.state.kind.word(),
-                d.state.reason_word(),
-                uri
-            );
+        return Exit::Ok as i32;
+    }
+    let _ = writeln!(out, "{:<24} {:<14} {:<16} URI", "DOMAIN", "STATE", "REASON");
+    for (uri, d, disks) in &rows {
+        let _ = writeln!(
+            out,
+            "{:<24} {:<14} {:<16} {}",
+            d.name,
+            d.state.kind.word(),
+            d.state.reason_word(),
+            uri
+        );
+        match disks {
+            Err(e) => {
+                let _ = writeln!(out, "    (disks unknown: {e})");
+            }
+            Ok(disks) => {
+                for m in &disks.managed {
+                    let changed = match overlay::image::changed_bytes(&m.overlay) {
+                        Ok(0) => "no changes".to_string(),
+                        Ok(n) => format!("changed {}", human_bytes(n)),
+                        Err(e) => format!("changes unknown: {e}"),
+                    };
+                    let pending = journal
+                        .get(&m.overlay)
+                        .map(|r| format!("  [{} pending]", r.op.word()))
+                        .unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "    {:<6} {} -> {}  {changed}{pending}",
+                        m.target,
+                        m.overlay.display(),
+                        m.base.display()
+                    );
+                }
+                for s in &disks.skipped {
+                    let _ = writeln!(out, "    {:<6} not managed: {}", s.target, s.reason);
+                }
+            }
         }
     }
-    Exit::Ok
+    Exit::Ok as i32
+}
+
+/// Finishes operations that an earlier run left in the journal, before anything else.
+/// Each record names the connection its domain lives on.
+fn recover_pending(journal: &Journal) {
+    let make_check = |rec: &Record| -> Result<Box<dyn DomainCheck>, EngineError> {
+        let conn = libvirt::open(&rec.uri, true).map_err(|e| EngineError::NotFound {
+            what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
+        })?;
+        Ok(Box::new(LibvirtCheck::new(conn, &rec.domain)))
+    };
+    let results = overlay::recover(journal, &make_check, &mut |_, _| {});
+    for (rec, result) in results {
+        match result {
+            Ok(o) => {
+                eprintln!(
+                    "vmoverlay: finished the interrupted {} of {} ({}) from the journal",
+                    rec.op.word(),
+                    rec.domain,
+                    o.target
+                );
+                journal.set_last(
+                    &o.overlay,
+                    &format!("{} finished after an interruption", rec.op.word()),
+                );
+            }
+            Err(e) => eprintln!(
+                "vmoverlay: the interrupted {} of {} ({}) is still pending: {e}",
+                rec.op.word(),
+                rec.domain,
+                rec.disk.target
+            ),
+        }
+    }
+}
+
+/// Finds `name` on the first connection that has it.
+fn find_domain(
+    uris: &[String],
+    name: &str,
+) -> Result<(String, virt::connect::Connect, String), i32> {
+    for uri in uris {
+        let conn = libvirt::open(uri, true).map_err(|e| connect_error(uri, &e))?;
+        if let Ok(dom) = conn.lookup_domain_by_name(name) {
+            let xml = dom.xml_desc(0).map_err(|e| {
+                eprintln!(
+                    "vmoverlay: cannot read the definition of '{name}': {}. Nothing was changed.",
+                    e.message()
+                );
+                Exit::Failure as i32
+            })?;
+            return Ok((uri.clone(), conn, xml));
+        }
+    }
+    eprintln!(
+        "vmoverlay: no domain named '{name}' on {}. Nothing was changed.",
+        uris.join(", ")
+    );
+    Err(Exit::NotFound as i32)
+}
+
+fn refuse(e: &EngineError) -> i32 {
+    eprintln!("vmoverlay: {e}");
+    e.exit_code()
+}
+
+fn confirm(question: &str) -> bool {
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok()
+        && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
+}
+
+fn operate(uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
+    let journal = Journal::default_location();
+    recover_pending(&journal);
+    let (uri, conn, xml) = match find_domain(uris, &args.vm) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let pins = match settings::pins_for(&args.vm) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vmoverlay: {e}. Nothing was changed.");
+            return Exit::Failure as i32;
+        }
+    };
+    let found = match overlay::discover(&xml, &pins) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("vmoverlay: {e}. Nothing was changed.");
+            return Exit::Failure as i32;
+        }
+    };
+    let disks: Vec<ManagedDisk> = match &args.disk {
+        Some(t) => match found.managed.iter().find(|d| &d.target == t) {
+            Some(d) => vec![d.clone()],
+            None => {
+                return refuse(&match found.skipped.iter().find(|d| &d.target == t) {
+                    Some(s) => EngineError::NotManaged {
+                        what: format!("disk {t} of {} is not managed: {}", args.vm, s.reason),
+                    },
+                    None => EngineError::NotFound {
+                        what: format!("{} has no disk {t}", args.vm),
+                    },
+                })
+            }
+        },
+        None if found.managed.is_empty() => {
+            let why = if found.skipped.is_empty() {
+                "it has no disks".to_string()
+            } else {
+                found
+                    .skipped
+                    .iter()
+                    .map(|s| format!("{}: {}", s.target, s.reason))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            return refuse(&EngineError::NotManaged {
+                what: format!("{} has no managed disk ({why})", args.vm),
+            });
+        }
+        None => found.managed.clone(),
+    };
+    let check = LibvirtCheck::new(conn.clone(), &args.vm);
+    // Every disk's preconditions hold before the first one is written.
+    let mut plan = Vec::new();
+    for disk in disks {
+        let req = Request {
+            op,
+            uri: uri.clone(),
+            domain: args.vm.clone(),
+            disk,
+        };
+        match overlay::ops::preflight(&req, &check, &journal) {
+            Ok(changed) => plan.push((req, changed)),
+            Err(e) => return refuse(&e),
+        }
+    }
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "vmoverlay: refusing to {} without --yes when not run from a terminal. Nothing was changed.",
+                op.word()
+            );
+            return EXIT_NOT_CONFIRMED;
+        }
+        for (req, changed) in &plan {
+            let question = match op {
+                OpKind::Commit => format!(
+                    "Commit {} written by {} ({}) into {}?",
+                    human_bytes(*changed),
+                    req.domain,
+                    req.disk.target,
+                    req.disk.base.display()
+                ),
+                OpKind::Discard => format!(
+                    "Discard {} written by {} ({}) to {}?",
+                    human_bytes(*changed),
+                    req.domain,
+                    req.disk.target,
+                    req.disk.overlay.display()
+                ),
+            };
+            if !confirm(&question) {
+                eprintln!("vmoverlay: not confirmed. Nothing was changed.");
+                return EXIT_NOT_CONFIRMED;
+            }
+        }
+    }
+    let bar = std::io::stderr().is_terminal();
+    for (req, _) in plan {
+        let target = req.disk.target.clone();
+        let overlay_path = req.disk.overlay.clone();
+        let base = req.disk.base.clone();
+        let events = overlay::spawn(
+            req,
+            Box::new(LibvirtCheck::new(conn.clone(), &args.vm)),
+            journal.clone(),
+        );
+        let result = loop {
+            match events.recv_blocking() {
+                Ok(JobEvent::Progress(p)) if bar => {
+                    let line = match p {
+                        Progress::Committing(f) => {
+                            format!("committing {target} {:5.1}%", f * 100.0)
+                        }
+                        Progress::CheckingBase => format!("checking the base of {target}"),
+                        Progress::Rebuilding => format!("rebuilding {target}"),
+                    };
+                    eprint!("\r\x1b[2K{line}");
+                }
+                Ok(JobEvent::Progress(_)) => {}
+                Ok(JobEvent::Done(r)) => break r,
+                Err(_) => {
+                    break Err(EngineError::Failed {
+                        op: op.word().into(),
+                        overlay: overlay_path.clone(),
+                        detail: "the engine stopped unexpectedly".into(),
+                        data: "See the journal".into(),
+                    })
+                }
+            }
+        };
+        if bar {
+            eprint!("\r\x1b[2K");
+        }
+        match result {
+            Ok(o) => {
+                let summary = match op {
+                    OpKind::Commit => format!(
+                        "committed {} into {}; overlay rebuilt empty",
+                        human_bytes(o.changed_bytes),
+                        base.display()
+                    ),
+                    OpKind::Discard => format!(
+                        "discarded {}; overlay rebuilt empty, base untouched",
+                        human_bytes(o.changed_bytes)
+                    ),
+                };
+                journal.set_last(&o.overlay, &summary);
+                println!("{} {target}: {summary}", args.vm);
+            }
+            Err(e) => {
+                journal.set_last(&overlay_path, &format!("{} failed: {e}", op.word()));
+                return refuse(&e);
+            }
+        }
+    }
+    Exit::Ok as i32
 }
 
 /// One monitor event as a `watch` line, or `None` for events reported on stderr.

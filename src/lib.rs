@@ -6,3 +6,6 @@
 pub mod cli;
 pub mod config;
 pub mod libvirt;
+pub mod overlay;
+pub mod settings;
+pub mod units;

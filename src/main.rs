@@ -5,10 +5,14 @@ fn main() {
     let cli = match vmoverlay::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { 64 } else { 0 };
+            let code = if e.use_stderr() {
+                vmoverlay::cli::EXIT_USAGE
+            } else {
+                0
+            };
             let _ = e.print();
             std::process::exit(code);
         }
     };
-    std::process::exit(vmoverlay::cli::run(cli) as i32);
+    std::process::exit(vmoverlay::cli::run(cli));
 }

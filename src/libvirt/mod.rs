@@ -1,5 +1,6 @@
 //! The only place that touches libvirt.
 
+pub mod domains;
 pub mod events;
 mod ffi;
 pub mod model;

@@ -1,0 +1,248 @@
+//! A crash-safe record of operations in flight, one file per overlay under the XDG state
+//! directory. Creating the record is also the lock that keeps two operations off one overlay.
+//! Records are written atomically (temp file, fsync, rename, fsync of the directory).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::chain::ManagedDisk;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    Commit,
+    Discard,
+}
+
+impl OpKind {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Discard => "discard",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    /// `qemu-img commit` may have copied part of the overlay into the base. Running it again
+    /// is safe: the overlay still holds every cluster.
+    Committing,
+    /// The base is complete (or untouched, for discard); the overlay is being replaced.
+    Rebuilding,
+}
+
+/// Size and modification time of the overlay when the rebuild phase began: a rebuild is only
+/// resumed on the same, untouched overlay, never on one a guest wrote to since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub len: u64,
+    pub mtime_ns: i128,
+}
+
+impl Stamp {
+    pub fn of(path: &Path) -> std::io::Result<Stamp> {
+        let m = fs::metadata(path)?;
+        let mtime = m.modified()?;
+        let ns = match mtime.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        };
+        Ok(Stamp {
+            len: m.len(),
+            mtime_ns: ns,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub op: OpKind,
+    pub uri: String,
+    pub domain: String,
+    pub disk: ManagedDisk,
+    pub phase: Phase,
+    pub overlay_stamp: Option<Stamp>,
+    pub started: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Journal {
+    dir: PathBuf,
+}
+
+impl Journal {
+    /// `$VMOVERLAY_STATE_DIR`, else `$XDG_STATE_HOME/vmoverlay`, else
+    /// `~/.local/state/vmoverlay`; records live in its `journal/` folder.
+    pub fn default_location() -> Journal {
+        let base = std::env::var_os("VMOVERLAY_STATE_DIR")
+            .map(PathBuf::from)
+            .or_else(|| {
+                std::env::var_os("XDG_STATE_HOME")
+                    .filter(|v| !v.is_empty())
+                    .map(|v| PathBuf::from(v).join("vmoverlay"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/vmoverlay"))
+            })
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/vmoverlay"));
+        Journal::at(base.join("journal"))
+    }
+
+    pub fn at(dir: impl Into<PathBuf>) -> Journal {
+        Journal { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The record file of an overlay: named by a hash of its absolute path.
+    pub fn path_for(&self, overlay: &Path) -> PathBuf {
+        let h = overlay
+            .as_os_str()
+            .as_encoded_bytes()
+            .iter()
+            .fold(0xcbf29ce484222325u64, |h, b| {
+                (h ^ *b as u64).wrapping_mul(0x100000001b3)
+            });
+        self.dir.join(format!("{h:016x}.json"))
+    }
+
+    /// Creates the record; fails with `AlreadyExists` if one exists for this overlay.
+    pub fn begin(&self, rec: &Record) -> std::io::Result<PathBuf> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.path_for(&rec.disk.overlay);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        f.write_all(&serde_json::to_vec_pretty(rec)?)?;
+        f.sync_all()?;
+        sync_dir(&self.dir)?;
+        Ok(path)
+    }
+
+    /// Replaces the record atomically.
+    pub fn update(&self, rec: &Record) -> std::io::Result<()> {
+        let path = self.path_for(&rec.disk.overlay);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(rec)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(&self.dir)
+    }
+
+    pub fn finish(&self, overlay: &Path) -> std::io::Result<()> {
+        match fs::remove_file(self.path_for(overlay)) {
+            Ok(()) => sync_dir(&self.dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn last_path(&self, overlay: &Path) -> PathBuf {
+        let name = self.path_for(overlay);
+        self.dir
+            .with_file_name("last")
+            .join(name.file_name().unwrap_or_default())
+    }
+
+    /// Remembers the result of the last operation on `overlay` (best effort: shown by
+    /// `status`, never needed for safety).
+    pub fn set_last(&self, overlay: &Path, summary: &str) {
+        let path = self.last_path(overlay);
+        let line = serde_json::json!({
+            "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            "summary": summary,
+        });
+        let _ = fs::create_dir_all(path.parent().unwrap_or(Path::new("/")))
+            .and_then(|_| fs::write(&path, line.to_string()));
+    }
+
+    pub fn last(&self, overlay: &Path) -> Option<serde_json::Value> {
+        serde_json::from_slice(&fs::read(self.last_path(overlay)).ok()?).ok()
+    }
+
+    pub fn get(&self, overlay: &Path) -> Option<Record> {
+        let data = fs::read(self.path_for(overlay)).ok()?;
+        serde_json::from_slice(&data).ok()
+    }
+
+    /// Every record, oldest first. Unreadable files are reported, not deleted.
+    pub fn pending(&self) -> Vec<Result<Record, (PathBuf, String)>> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        paths.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+        paths
+            .into_iter()
+            .map(|p| {
+                fs::read(&p)
+                    .map_err(|e| e.to_string())
+                    .and_then(|d| serde_json::from_slice(&d).map_err(|e| e.to_string()))
+                    .map_err(|e| (p, e))
+            })
+            .collect()
+    }
+}
+
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(overlay: &str) -> Record {
+        Record {
+            op: OpKind::Commit,
+            uri: "qemu:///system".into(),
+            domain: "vm".into(),
+            disk: ManagedDisk {
+                target: "vda".into(),
+                overlay: overlay.into(),
+                base: "/b.qcow2".into(),
+                backing_ref: "b.qcow2".into(),
+                base_format: "qcow2".into(),
+                virtual_size: 1 << 20,
+                cluster_size: Some(65536),
+            },
+            phase: Phase::Committing,
+            overlay_stamp: None,
+            started: "2026-11-22T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn begin_is_exclusive_update_and_finish_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::at(dir.path().join("journal"));
+        let r = rec("/x/overlay.qcow2");
+        j.begin(&r).unwrap();
+        let again = j.begin(&r).unwrap_err();
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        let mut r2 = r.clone();
+        r2.phase = Phase::Rebuilding;
+        j.update(&r2).unwrap();
+        assert_eq!(
+            j.get(Path::new("/x/overlay.qcow2")).unwrap().phase,
+            Phase::Rebuilding
+        );
+        assert_eq!(j.pending().len(), 1);
+        j.finish(Path::new("/x/overlay.qcow2")).unwrap();
+        assert!(j.pending().is_empty());
+        j.finish(Path::new("/x/overlay.qcow2")).unwrap();
+    }
+}
