@@ -42,11 +42,14 @@ pub fn spawn(
     rx
 }
 
+/// Builds the [`DomainCheck`] for the domain a journal record names.
+pub type CheckFactory<'a> = &'a dyn Fn(&Record) -> Result<Box<dyn DomainCheck>, EngineError>;
+
 /// Finishes every interrupted operation in `journal` (an interrupted commit is completed,
 /// an interrupted rebuild finished), before anything else happens to those VMs.
 pub fn recover(
     journal: &Journal,
-    make_check: &dyn Fn(&Record) -> Result<Box<dyn DomainCheck>, EngineError>,
+    make_check: CheckFactory,
     progress: &mut dyn FnMut(&Record, Progress),
 ) -> Vec<(Record, Result<Outcome, EngineError>)> {
     let mut out = Vec::new();
