@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod guest;
+pub mod images;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,123 @@
+//! Real qcow2 images for engine tests, written and read through QEMU's block layer.
+
+use std::collections::BTreeMap;
+use std::hash::Hasher;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use vmoverlay::overlay::{DomainCheck, EngineError};
+
+pub use super::guest::qemu_img;
+
+/// For images that belong to no libvirt domain: nothing runs them, nobody else uses them.
+pub struct NoDomain;
+
+impl DomainCheck for NoDomain {
+    fn ensure_inactive(&self) -> Result<(), EngineError> {
+        Ok(())
+    }
+    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+}
+
+pub fn create_base(path: &Path, size: &str) {
+    qemu_img(&["create", "-q", "-f", "qcow2", path.to_str().unwrap(), size]);
+}
+
+/// An overlay of `base` with the backing reference `backing_ref` (absolute or relative to the
+/// overlay's directory).
+pub fn create_overlay(path: &Path, backing_ref: &str) {
+    let out = Command::new("qemu-img")
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-b",
+            backing_ref,
+        ])
+        .arg(path)
+        .current_dir(path.parent().unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs qemu-io commands on an image (read-write), e.g. `write -P 0x55 4M 1M`.
+pub fn qemu_io(path: &Path, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "qcow2"]);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd);
+    }
+    let out = c.arg(path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && !text.contains("failed") && !text.contains("Pattern verification"),
+        "qemu-io {cmds:?} on {}: {text}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Does `path` (read through its whole chain, without locks) hold `pattern` at offset/len?
+pub fn reads_pattern(path: &Path, pattern: u8, offset: &str, len: &str) -> bool {
+    let out = Command::new("qemu-io")
+        .args(["-U", "-r", "-f", "qcow2", "-c"])
+        .arg(format!("read -P {pattern:#x} {offset} {len}"))
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status.success() && !text.contains("Pattern verification failed") && text.contains("read ")
+}
+
+/// A checksum of a file's bytes.
+pub fn checksum(path: &Path) -> u64 {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.write(&buf[..n]);
+    }
+    h.finish()
+}
+
+/// Checksums of every regular file below `dir` (to prove "no file changed").
+pub fn snapshot(dir: &Path) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                stack.push(p);
+            } else if meta.is_file() {
+                out.insert(p.clone(), checksum(&p));
+            }
+        }
+    }
+    out
+}
+
+pub fn changed(overlay: &Path) -> u64 {
+    vmoverlay::overlay::image::changed_bytes(overlay).unwrap()
+}
+
+pub fn info(path: &Path) -> serde_json::Value {
+    let out = qemu_img(&["info", "--output=json", "-U", path.to_str().unwrap()]);
+    serde_json::from_str(&out).unwrap()
+}
