@@ -11,8 +11,8 @@ use serde_json::json;
 use crate::libvirt::domains::LibvirtCheck;
 use crate::libvirt::{self, Model, Monitor, MonitorConfig, MonitorEvent};
 use crate::overlay::{
-    self, DomainCheck, DomainDisks, EngineError, JobEvent, Journal, ManagedDisk, OpKind, Progress,
-    Record, Request,
+    self, DomainCheck, EngineError, JobEvent, Journal, ManagedDisk, OpKind, Progress, Record,
+    Request,
 };
 use crate::settings;
 use crate::units::human_bytes;
@@ -134,28 +134,100 @@ fn connect_error(uri: &str, e: &virt::error::Error) -> i32 {
     Exit::Connect as i32
 }
 
-/// One domain's disks as `status` reports them.
-fn disks_json(journal: &Journal, disks: &DomainDisks) -> serde_json::Value {
-    let managed: Vec<_> = disks
-        .managed
+/// One managed disk as `status` reports it.
+struct DiskReport {
+    disk: ManagedDisk,
+    changed: Result<u64, String>,
+}
+
+/// One domain as `status` reports it.
+struct DomainReport {
+    uri: String,
+    domain: libvirt::DomainSnapshot,
+    disks: Result<(Vec<DiskReport>, Vec<overlay::SkippedDisk>), String>,
+}
+
+/// Maps `f` over `items` on a few threads, keeping the order. Discovery is bound by qemu-img
+/// subprocesses, so a few workers beat one even on two cores.
+fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
+    let queue = std::sync::Mutex::new(items.into_iter().enumerate());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                let Some((i, item)) = next else { break };
+                let r = f(item);
+                results
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((i, r));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+fn report(conn: &virt::connect::Connect, uri: &str, d: libvirt::DomainSnapshot) -> DomainReport {
+    let pins = settings::pins_for(&d.name).unwrap_or_default();
+    let disks = conn
+        .lookup_domain_by_name(&d.name)
+        .and_then(|dom| dom.xml_desc(0))
+        .map_err(|e| e.message().to_string())
+        .and_then(|xml| overlay::discover(&xml, &pins))
+        .map(|found| {
+            let managed = found
+                .managed
+                .into_iter()
+                .map(|disk| DiskReport {
+                    changed: overlay::image::changed_bytes(&disk.overlay),
+                    disk,
+                })
+                .collect();
+            (managed, found.skipped)
+        });
+    DomainReport {
+        uri: uri.to_string(),
+        domain: d,
+        disks,
+    }
+}
+
+fn report_json(journal: &Journal, r: &DomainReport) -> serde_json::Value {
+    let (managed, skipped, error) = match &r.disks {
+        Ok((managed, skipped)) => (managed.as_slice(), skipped.as_slice(), None),
+        Err(e) => (&[][..], &[][..], Some(e.clone())),
+    };
+    let managed: Vec<_> = managed
         .iter()
         .map(|d| {
             json!({
-                "target": d.target,
-                "overlay": d.overlay,
-                "base": d.base,
-                "changed_bytes": overlay::image::changed_bytes(&d.overlay).ok(),
-                "pending": journal.get(&d.overlay).map(|r| r.op.word()),
-                "last": journal.last(&d.overlay),
+                "target": d.disk.target,
+                "overlay": d.disk.overlay,
+                "base": d.disk.base,
+                "changed_bytes": d.changed.as_ref().ok(),
+                "pending": journal.get(&d.disk.overlay).map(|r| r.op.word()),
+                "last": journal.last(&d.disk.overlay),
             })
         })
         .collect();
-    let skipped: Vec<_> = disks
-        .skipped
+    let skipped: Vec<_> = skipped
         .iter()
         .map(|d| json!({"target": d.target, "source": d.source, "reason": d.reason}))
         .collect();
-    json!({"managed": managed, "skipped": skipped})
+    json!({
+        "uri": r.uri,
+        "domain": r.domain.name,
+        "uuid": r.domain.uuid,
+        "state": r.domain.state.kind.word(),
+        "reason": r.domain.state.reason_word(),
+        "disks": managed,
+        "skipped_disks": skipped,
+        "error": error,
+    })
 }
 
 fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
@@ -167,7 +239,7 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
             Ok(c) => c,
             Err(e) => return connect_error(uri, &e),
         };
-        let domains = match libvirt::list_domains(&conn) {
+        let mut domains = match libvirt::list_domains(&conn) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!(
@@ -177,18 +249,8 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
                 return Exit::Connect as i32;
             }
         };
-        for d in domains {
-            if only.is_some_and(|name| name != d.name) {
-                continue;
-            }
-            let pins = settings::pins_for(&d.name).unwrap_or_default();
-            let disks = conn
-                .lookup_domain_by_name(&d.name)
-                .and_then(|dom| dom.xml_desc(0))
-                .map_err(|e| e.message().to_string())
-                .and_then(|xml| overlay::discover(&xml, &pins));
-            rows.push((uri.clone(), d, disks));
-        }
+        domains.retain(|d| only.is_none_or(|name| name == d.name));
+        rows.extend(par_map(domains, |d| report(&conn, uri, d)));
     }
     if let (Some(name), true) = (only, rows.is_empty()) {
         eprintln!(
@@ -199,62 +261,45 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
     }
     let mut out = std::io::stdout().lock();
     if as_json {
-        let list: Vec<_> = rows
-            .iter()
-            .map(|(uri, d, disks)| {
-                let (disks, error) = match disks {
-                    Ok(disks) => (disks_json(&journal, disks), None),
-                    Err(e) => (json!({"managed": [], "skipped": []}), Some(e.clone())),
-                };
-                json!({
-                    "uri": uri,
-                    "domain": d.name,
-                    "uuid": d.uuid,
-                    "state": d.state.kind.word(),
-                    "reason": d.state.reason_word(),
-                    "disks": disks["managed"],
-                    "skipped_disks": disks["skipped"],
-                    "error": error,
-                })
-            })
-            .collect();
+        let list: Vec<_> = rows.iter().map(|r| report_json(&journal, r)).collect();
         let _ = writeln!(out, "{}", serde_json::Value::Array(list));
         return Exit::Ok as i32;
     }
     let _ = writeln!(out, "{:<24} {:<14} {:<16} URI", "DOMAIN", "STATE", "REASON");
-    for (uri, d, disks) in &rows {
+    for r in &rows {
+        let d = &r.domain;
         let _ = writeln!(
             out,
             "{:<24} {:<14} {:<16} {}",
             d.name,
             d.state.kind.word(),
             d.state.reason_word(),
-            uri
+            r.uri
         );
-        match disks {
+        match &r.disks {
             Err(e) => {
                 let _ = writeln!(out, "    (disks unknown: {e})");
             }
-            Ok(disks) => {
-                for m in &disks.managed {
-                    let changed = match overlay::image::changed_bytes(&m.overlay) {
+            Ok((managed, skipped)) => {
+                for m in managed {
+                    let changed = match &m.changed {
                         Ok(0) => "no changes".to_string(),
-                        Ok(n) => format!("changed {}", human_bytes(n)),
+                        Ok(n) => format!("changed {}", human_bytes(*n)),
                         Err(e) => format!("changes unknown: {e}"),
                     };
                     let pending = journal
-                        .get(&m.overlay)
+                        .get(&m.disk.overlay)
                         .map(|r| format!("  [{} pending]", r.op.word()))
                         .unwrap_or_default();
                     let _ = writeln!(
                         out,
                         "    {:<6} {} -> {}  {changed}{pending}",
-                        m.target,
-                        m.overlay.display(),
-                        m.base.display()
+                        m.disk.target,
+                        m.disk.overlay.display(),
+                        m.disk.base.display()
                     );
                 }
-                for s in &disks.skipped {
+                for s in skipped {
                     let _ = writeln!(out, "    {:<6} not managed: {}", s.target, s.reason);
                 }
             }

@@ -186,26 +186,6 @@ fn paths_with_spaces_and_non_ascii_work() {
     assert!(!dir.join("pwned").exists() && !Path::new("pwned").exists());
 }
 
-fn qemu_img_commit_pid(overlay: &Path) -> Option<i32> {
-    for e in std::fs::read_dir("/proc").ok()? {
-        let e = e.ok()?;
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"qemu-img"))
-            && args.contains(&&b"commit"[..])
-            && args.contains(&overlay.as_os_str().as_encoded_bytes())
-        {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 #[test]
 fn sigkill_of_qemu_img_mid_commit_is_completed_from_the_journal() {
     let s = setup_in(tempfile::tempdir().unwrap(), "1G", false);

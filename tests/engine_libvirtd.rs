@@ -198,9 +198,12 @@ fn a_domain_started_while_its_commit_runs_fails_to_start_cleanly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until qemu-img holds the overlay, then try to start the domain.
+    // Wait until `qemu-img commit` itself holds the overlay (the preconditions' own brief
+    // reads lock it too), then try to start the domain.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !vmoverlay::overlay::image::is_locked(&vm.overlay).unwrap() {
+    while qemu_img_commit_pid(&vm.overlay).is_none()
+        || !vmoverlay::overlay::image::is_locked(&vm.overlay).unwrap()
+    {
         assert!(Instant::now() < deadline, "the commit never started");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -384,4 +387,55 @@ fn pinned_base_must_match_the_overlay() {
     );
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert!(reads_pattern(&vm.base, 0x44, "0", "1M"));
+}
+
+#[test]
+fn on_a_terminal_it_asks_and_shows_progress() {
+    let bed = testbed_shared();
+    let state = tempfile::tempdir().unwrap();
+    let vm = TestVm::define(&bed.uri, "vmo-terminal", &Behaviour::default());
+    qemu_io(&vm.overlay, &["write -P 0x6b 0 8M"]);
+    // `script` runs the command on a real pseudo-terminal and forwards our stdin to it.
+    let run_on_tty = |answer: &str| {
+        let cmd = format!("{} commit {} --connect '{}'", bin(), vm.name, bed.uri);
+        let mut child = Command::new("script")
+            .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+            .env("VMOVERLAY_STATE_DIR", state.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("script (util-linux) is installed");
+        std::thread::sleep(Duration::from_millis(1500));
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, screen) = run_on_tty("n\n");
+    assert_eq!(code, Some(10), "{screen}");
+    assert!(
+        screen.contains("Commit 8.0 MiB written by vmo-terminal (vda) into"),
+        "{screen}"
+    );
+    assert!(screen.contains("not confirmed"), "{screen}");
+    assert!(
+        reads_pattern(&vm.base, 0x00, "0", "8M"),
+        "nothing was committed"
+    );
+    let (code, screen) = run_on_tty("y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(
+        screen.contains("committing vda"),
+        "progress is shown: {screen}"
+    );
+    assert!(screen.contains("committed 8.0 MiB"), "{screen}");
+    assert!(reads_pattern(&vm.base, 0x6b, "0", "8M"));
 }

@@ -121,3 +121,24 @@ pub fn info(path: &Path) -> serde_json::Value {
     let out = qemu_img(&["info", "--output=json", "-U", path.to_str().unwrap()]);
     serde_json::from_str(&out).unwrap()
 }
+
+/// The PID of a running `qemu-img commit` of `overlay`, if any.
+pub fn qemu_img_commit_pid(overlay: &Path) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").ok()? {
+        let e = e.ok()?;
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"qemu-img"))
+            && args.contains(&&b"commit"[..])
+            && args.contains(&overlay.as_os_str().as_encoded_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}

@@ -26,7 +26,7 @@ install_packages() {
         qemu-system-x86 "qemu-utils=$v" \
         linux-image-cloud-amd64 busybox-static \
         libgtk-4-dev libadwaita-1-dev meson gettext \
-        pkg-config gcc util-linux procps
+        pkg-config gcc util-linux bsdutils procps
 }
 
 running() {
