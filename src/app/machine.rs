@@ -1,0 +1,736 @@
+//! The application's state machine: monitor events, inspection results, user choices and
+//! job results in; effects (prompt, close prompt, start job, notify, save policy) out.
+//! It knows no widgets and runs no I/O, so every decision is unit-tested here.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::libvirt::{Lifecycle, MonitorEvent, StateKind, Stopped};
+use crate::overlay::OpKind;
+
+/// A VM is named by its connection and its name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VmKey {
+    pub uri: String,
+    pub name: String,
+}
+
+impl VmKey {
+    pub fn new(uri: &str, name: &str) -> VmKey {
+        VmKey {
+            uri: uri.into(),
+            name: name.into(),
+        }
+    }
+}
+
+/// What to do when a VM shuts down, remembered per VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Policy {
+    #[default]
+    Ask,
+    AlwaysCommit,
+    AlwaysDiscard,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Choice {
+    Commit,
+    Discard,
+    Later,
+}
+
+/// A decision the user still owes for a VM's overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub changed: u64,
+    /// Why the stop was not a clean shutdown ("destroyed", "crashed", …): the disk may be
+    /// inconsistent, so Discard is suggested.
+    pub forced: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub op: OpKind,
+    pub progress: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Vm {
+    pub active: bool,
+    pub changed: Option<u64>,
+    pub decision: Option<Decision>,
+    pub job: Option<Job>,
+    pub prompt_open: bool,
+    /// The overlay must not be touched: the VM was saved, migrated or reverted to a snapshot.
+    pub keep_overlay: Option<String>,
+    pub last_result: Option<String>,
+    pub policy: Policy,
+}
+
+/// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InspectReason {
+    /// Found shut off when the program started: show as pending, never prompt.
+    Startup,
+    /// It just stopped; `forced` as in [`Decision`].
+    Stopped { forced: Option<String> },
+    /// Refresh after a job or on request.
+    Refresh,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    Monitor(MonitorEvent),
+    /// Result of `Effect::Inspect`: total changed bytes of the VM's managed disks, or why
+    /// it has none.
+    Inspected {
+        key: VmKey,
+        reason: InspectReason,
+        changed: Result<u64, String>,
+    },
+    Choice {
+        key: VmKey,
+        choice: Choice,
+        remember: bool,
+    },
+    JobProgress {
+        key: VmKey,
+        progress: f64,
+    },
+    JobDone {
+        key: VmKey,
+        op: OpKind,
+        result: Result<String, String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Inspect {
+        key: VmKey,
+        reason: InspectReason,
+    },
+    ShowPrompt {
+        key: VmKey,
+        decision: Decision,
+    },
+    ClosePrompt {
+        key: VmKey,
+    },
+    StartJob {
+        key: VmKey,
+        op: OpKind,
+    },
+    SavePolicy {
+        key: VmKey,
+        policy: Policy,
+    },
+    Notify {
+        title: String,
+        body: String,
+        error: bool,
+    },
+}
+
+/// The tray's summary state, highest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Summary {
+    Idle,
+    Running,
+    Pending,
+    Busy,
+}
+
+#[derive(Debug, Default)]
+pub struct Machine {
+    pub vms: BTreeMap<VmKey, Vm>,
+    pub connected: BTreeMap<String, bool>,
+    policies: BTreeMap<VmKey, Policy>,
+}
+
+fn forced_word(detail: &Stopped) -> Option<String> {
+    match detail {
+        Stopped::Shutdown => None,
+        other => Some(other.word()),
+    }
+}
+
+impl Machine {
+    pub fn new(policies: BTreeMap<VmKey, Policy>) -> Machine {
+        Machine {
+            policies,
+            ..Default::default()
+        }
+    }
+
+    pub fn policy(&self, key: &VmKey) -> Policy {
+        self.policies.get(key).copied().unwrap_or_default()
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.vms
+            .values()
+            .map(|vm| {
+                if vm.job.is_some() {
+                    Summary::Busy
+                } else if vm.decision.is_some() {
+                    Summary::Pending
+                } else if vm.active {
+                    Summary::Running
+                } else {
+                    Summary::Idle
+                }
+            })
+            .max()
+            .unwrap_or(Summary::Idle)
+    }
+
+    fn vm(&mut self, key: &VmKey) -> &mut Vm {
+        let policy = self.policy(key);
+        self.vms.entry(key.clone()).or_insert_with(|| Vm {
+            policy,
+            ..Default::default()
+        })
+    }
+
+    pub fn handle(&mut self, input: Input) -> Vec<Effect> {
+        match input {
+            Input::Monitor(ev) => self.on_monitor(ev),
+            Input::Inspected {
+                key,
+                reason,
+                changed,
+            } => self.on_inspected(key, reason, changed),
+            Input::Choice {
+                key,
+                choice,
+                remember,
+            } => self.on_choice(key, choice, remember),
+            Input::JobProgress { key, progress } => {
+                if let Some(job) = self.vm(&key).job.as_mut() {
+                    job.progress = progress;
+                }
+                Vec::new()
+            }
+            Input::JobDone { key, op, result } => self.on_job_done(key, op, result),
+        }
+    }
+
+    fn on_monitor(&mut self, ev: MonitorEvent) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match ev {
+            MonitorEvent::Connected { uri, domains, .. } => {
+                self.connected.insert(uri.clone(), true);
+                for d in domains {
+                    let key = VmKey::new(&uri, &d.name);
+                    let known = self.vms.contains_key(&key);
+                    let vm = self.vm(&key);
+                    vm.active = d.state.kind.is_active();
+                    if !vm.active && !known && d.state.kind == StateKind::Shutoff {
+                        let why = Stopped::from_shutoff_reason(d.state.reason);
+                        if matches!(
+                            why,
+                            Stopped::Saved | Stopped::Migrated | Stopped::FromSnapshot
+                        ) {
+                            vm.keep_overlay = Some(why.word());
+                        } else {
+                            out.push(Effect::Inspect {
+                                key,
+                                reason: InspectReason::Startup,
+                            });
+                        }
+                    }
+                }
+            }
+            MonitorEvent::Disconnected { uri, .. } => {
+                // Says nothing about the VMs: their state is kept as it was.
+                self.connected.insert(uri, false);
+            }
+            MonitorEvent::ConnectFailed { uri, .. } => {
+                self.connected.insert(uri, false);
+            }
+            MonitorEvent::Domain(e) => {
+                let key = VmKey::new(&e.uri, &e.domain);
+                match e.kind {
+                    Lifecycle::Started(_) | Lifecycle::Resumed(_) | Lifecycle::Suspended(_) => {
+                        let vm = self.vm(&key);
+                        vm.active = true;
+                        vm.keep_overlay = None;
+                        if vm.prompt_open {
+                            // The choice stays pending; the question waits for the next stop.
+                            vm.prompt_open = false;
+                            out.push(Effect::ClosePrompt { key });
+                        }
+                    }
+                    Lifecycle::Stopped(detail) => {
+                        let vm = self.vm(&key);
+                        vm.active = false;
+                        match detail {
+                            Stopped::Saved | Stopped::Migrated | Stopped::FromSnapshot => {
+                                // Its overlay holds the saved state: never touch it.
+                                vm.keep_overlay = Some(detail.word());
+                            }
+                            _ if vm.policy == Policy::Ignore => {}
+                            _ => out.push(Effect::Inspect {
+                                key,
+                                reason: InspectReason::Stopped {
+                                    forced: forced_word(&detail),
+                                },
+                            }),
+                        }
+                    }
+                    Lifecycle::Undefined(_) => {
+                        if self.vms.remove(&key).is_some_and(|vm| vm.prompt_open) {
+                            out.push(Effect::ClosePrompt { key });
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
+    fn on_inspected(
+        &mut self,
+        key: VmKey,
+        reason: InspectReason,
+        changed: Result<u64, String>,
+    ) -> Vec<Effect> {
+        let vm = self.vm(&key);
+        let changed = match changed {
+            Ok(n) => n,
+            Err(why) => {
+                log::info!("{}: not managed: {why}", key.name);
+                vm.changed = None;
+                return Vec::new();
+            }
+        };
+        vm.changed = Some(changed);
+        if changed == 0 {
+            vm.decision = None;
+            return Vec::new();
+        }
+        let forced = match &reason {
+            InspectReason::Stopped { forced } => forced.clone(),
+            _ => vm.decision.as_ref().and_then(|d| d.forced.clone()),
+        };
+        let decision = Decision { changed, forced };
+        vm.decision = Some(decision.clone());
+        if vm.active || vm.job.is_some() || !matches!(reason, InspectReason::Stopped { .. }) {
+            // Startup and refreshes only mark it pending: never a burst of dialogs.
+            return Vec::new();
+        }
+        match (vm.policy, &decision.forced) {
+            (Policy::Ignore, _) => {
+                vm.decision = None;
+                Vec::new()
+            }
+            (Policy::AlwaysDiscard, _) => self.start_job(key, OpKind::Discard),
+            // A forced-off guest's disk may be inconsistent: ask even if "always commit".
+            (Policy::AlwaysCommit, None) => self.start_job(key, OpKind::Commit),
+            _ => {
+                vm.prompt_open = true;
+                vec![Effect::ShowPrompt { key, decision }]
+            }
+        }
+    }
+
+    fn start_job(&mut self, key: VmKey, op: OpKind) -> Vec<Effect> {
+        let vm = self.vm(&key);
+        if vm.job.is_some() || vm.active {
+            return Vec::new();
+        }
+        vm.job = Some(Job { op, progress: 0.0 });
+        let mut out = Vec::new();
+        if vm.prompt_open {
+            vm.prompt_open = false;
+            out.push(Effect::ClosePrompt { key: key.clone() });
+        }
+        out.push(Effect::StartJob { key, op });
+        out
+    }
+
+    fn on_choice(&mut self, key: VmKey, choice: Choice, remember: bool) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let remembered = match choice {
+            Choice::Commit => Policy::AlwaysCommit,
+            Choice::Discard => Policy::AlwaysDiscard,
+            Choice::Later => Policy::Ask,
+        };
+        if remember && choice != Choice::Later {
+            self.policies.insert(key.clone(), remembered);
+            self.vm(&key).policy = remembered;
+            out.push(Effect::SavePolicy {
+                key: key.clone(),
+                policy: remembered,
+            });
+        }
+        match choice {
+            Choice::Commit => out.extend(self.start_job(key, OpKind::Commit)),
+            Choice::Discard => out.extend(self.start_job(key, OpKind::Discard)),
+            Choice::Later => {
+                let vm = self.vm(&key);
+                if vm.prompt_open {
+                    vm.prompt_open = false;
+                    out.push(Effect::ClosePrompt { key });
+                }
+            }
+        }
+        out
+    }
+
+    /// Sets a VM's policy from a menu (not from a prompt).
+    pub fn set_policy(&mut self, key: &VmKey, policy: Policy) -> Vec<Effect> {
+        self.policies.insert(key.clone(), policy);
+        self.vm(key).policy = policy;
+        vec![Effect::SavePolicy {
+            key: key.clone(),
+            policy,
+        }]
+    }
+
+    fn on_job_done(
+        &mut self,
+        key: VmKey,
+        op: OpKind,
+        result: Result<String, String>,
+    ) -> Vec<Effect> {
+        let vm = self.vm(&key);
+        vm.job = None;
+        match result {
+            Ok(summary) => {
+                vm.decision = None;
+                vm.changed = Some(0);
+                vm.last_result = Some(summary.clone());
+                let title = match op {
+                    OpKind::Commit => format!("{}: changes committed", key.name),
+                    OpKind::Discard => format!("{}: changes discarded", key.name),
+                };
+                vec![Effect::Notify {
+                    title,
+                    body: summary,
+                    error: false,
+                }]
+            }
+            Err(e) => {
+                vm.last_result = Some(format!("{} failed: {e}", op.word()));
+                vec![
+                    Effect::Notify {
+                        title: format!("{}: {} failed", key.name, op.word()),
+                        body: e,
+                        error: true,
+                    },
+                    Effect::Inspect {
+                        key,
+                        reason: InspectReason::Refresh,
+                    },
+                ]
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::libvirt::{DomainEvent, DomainSnapshot, DomainState};
+    use std::time::SystemTime;
+
+    const URI: &str = "qemu:///system";
+
+    fn key(n: &str) -> VmKey {
+        VmKey::new(URI, n)
+    }
+
+    fn ev(name: &str, event: i32, detail: i32) -> Input {
+        Input::Monitor(MonitorEvent::Domain(DomainEvent {
+            time: SystemTime::UNIX_EPOCH,
+            uri: URI.into(),
+            domain: name.into(),
+            uuid: format!("uuid-{name}"),
+            kind: Lifecycle::from_raw(event, detail),
+            after_reconnect: false,
+        }))
+    }
+
+    fn connected(domains: &[(&str, i32, i32)]) -> Input {
+        Input::Monitor(MonitorEvent::Connected {
+            uri: URI.into(),
+            time: SystemTime::UNIX_EPOCH,
+            domains: domains
+                .iter()
+                .map(|(n, s, r)| DomainSnapshot {
+                    name: n.to_string(),
+                    uuid: format!("uuid-{n}"),
+                    state: DomainState::from_raw(*s, *r),
+                })
+                .collect(),
+        })
+    }
+
+    fn inspected(m: &mut Machine, name: &str, reason: InspectReason, changed: u64) -> Vec<Effect> {
+        m.handle(Input::Inspected {
+            key: key(name),
+            reason,
+            changed: Ok(changed),
+        })
+    }
+
+    fn stopped_clean() -> InspectReason {
+        InspectReason::Stopped { forced: None }
+    }
+
+    #[test]
+    fn clean_shutdown_with_changes_prompts() {
+        let mut m = Machine::default();
+        m.handle(connected(&[("a", 1, 1)]));
+        let out = m.handle(ev("a", 5, 0));
+        assert_eq!(
+            out,
+            vec![Effect::Inspect {
+                key: key("a"),
+                reason: stopped_clean()
+            }]
+        );
+        let out = inspected(&mut m, "a", stopped_clean(), 1 << 30);
+        assert_eq!(
+            out,
+            vec![Effect::ShowPrompt {
+                key: key("a"),
+                decision: Decision {
+                    changed: 1 << 30,
+                    forced: None
+                }
+            }]
+        );
+        assert_eq!(m.summary(), Summary::Pending);
+    }
+
+    #[test]
+    fn no_changes_no_prompt() {
+        let mut m = Machine::default();
+        m.handle(ev("a", 2, 0));
+        m.handle(ev("a", 5, 0));
+        assert!(inspected(&mut m, "a", stopped_clean(), 0).is_empty());
+        assert_eq!(m.summary(), Summary::Idle);
+    }
+
+    #[test]
+    fn forced_stops_prompt_with_a_warning() {
+        for (detail, word) in [(1, "destroyed"), (2, "crashed"), (5, "failed")] {
+            let mut m = Machine::default();
+            let out = m.handle(ev("a", 5, detail));
+            let forced = Some(word.to_string());
+            assert_eq!(
+                out,
+                vec![Effect::Inspect {
+                    key: key("a"),
+                    reason: InspectReason::Stopped {
+                        forced: forced.clone()
+                    }
+                }]
+            );
+            let out = inspected(
+                &mut m,
+                "a",
+                InspectReason::Stopped {
+                    forced: forced.clone(),
+                },
+                5,
+            );
+            assert_eq!(
+                out,
+                vec![Effect::ShowPrompt {
+                    key: key("a"),
+                    decision: Decision { changed: 5, forced }
+                }]
+            );
+        }
+    }
+
+    #[test]
+    fn saved_migrated_snapshot_never_touch_the_overlay() {
+        for detail in [3, 4, 6] {
+            let mut m = Machine::default();
+            m.handle(ev("a", 2, 0));
+            assert!(m.handle(ev("a", 5, detail)).is_empty(), "detail {detail}");
+            assert!(m.vms[&key("a")].keep_overlay.is_some());
+        }
+        // A managed-saved VM found at startup is not inspected either.
+        let mut m = Machine::default();
+        assert!(m.handle(connected(&[("s", 5, 5)])).is_empty());
+    }
+
+    #[test]
+    fn startup_marks_pending_without_dialogs() {
+        let mut m = Machine::default();
+        let out = m.handle(connected(&[("a", 5, 1), ("b", 5, 1), ("c", 1, 1)]));
+        assert_eq!(out.len(), 2, "{out:?}");
+        for name in ["a", "b"] {
+            assert!(inspected(&mut m, name, InspectReason::Startup, 10).is_empty());
+        }
+        assert!(m.vms[&key("a")].decision.is_some());
+        assert_eq!(m.summary(), Summary::Pending);
+        // A reconnect with the same VMs does not inspect again.
+        assert!(m
+            .handle(connected(&[("a", 5, 1), ("b", 5, 1), ("c", 1, 1)]))
+            .is_empty());
+    }
+
+    #[test]
+    fn restarting_closes_the_prompt_but_keeps_the_decision() {
+        let mut m = Machine::default();
+        m.handle(ev("a", 5, 0));
+        inspected(&mut m, "a", stopped_clean(), 7);
+        assert_eq!(
+            m.handle(ev("a", 2, 0)),
+            vec![Effect::ClosePrompt { key: key("a") }]
+        );
+        let vm = &m.vms[&key("a")];
+        assert!(vm.active && vm.decision.is_some() && !vm.prompt_open);
+        // Commit while it runs is not started.
+        let out = m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Commit,
+            remember: false,
+        });
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn choices_start_jobs_and_remember_policies() {
+        let mut m = Machine::default();
+        m.handle(ev("a", 5, 0));
+        inspected(&mut m, "a", stopped_clean(), 7);
+        let out = m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Commit,
+            remember: true,
+        });
+        assert_eq!(
+            out,
+            vec![
+                Effect::SavePolicy {
+                    key: key("a"),
+                    policy: Policy::AlwaysCommit
+                },
+                Effect::ClosePrompt { key: key("a") },
+                Effect::StartJob {
+                    key: key("a"),
+                    op: OpKind::Commit
+                },
+            ]
+        );
+        assert_eq!(m.summary(), Summary::Busy);
+        m.handle(Input::JobProgress {
+            key: key("a"),
+            progress: 0.5,
+        });
+        assert_eq!(m.vms[&key("a")].job.as_ref().unwrap().progress, 0.5);
+        let out = m.handle(Input::JobDone {
+            key: key("a"),
+            op: OpKind::Commit,
+            result: Ok("committed 7 B".into()),
+        });
+        assert!(matches!(&out[0], Effect::Notify { error: false, .. }));
+        assert_eq!(m.summary(), Summary::Idle);
+        // Next clean shutdown commits without asking.
+        m.handle(ev("a", 2, 0));
+        m.handle(ev("a", 5, 0));
+        let out = inspected(&mut m, "a", stopped_clean(), 3);
+        assert_eq!(
+            out,
+            vec![Effect::StartJob {
+                key: key("a"),
+                op: OpKind::Commit
+            }]
+        );
+    }
+
+    #[test]
+    fn always_commit_still_asks_after_a_forced_stop() {
+        let mut m = Machine::new([(key("a"), Policy::AlwaysCommit)].into());
+        m.handle(ev("a", 5, 1));
+        let forced = InspectReason::Stopped {
+            forced: Some("destroyed".into()),
+        };
+        let out = inspected(&mut m, "a", forced, 3);
+        assert!(matches!(out[0], Effect::ShowPrompt { .. }), "{out:?}");
+    }
+
+    #[test]
+    fn always_discard_and_ignore() {
+        let mut m = Machine::new(
+            [
+                (key("d"), Policy::AlwaysDiscard),
+                (key("i"), Policy::Ignore),
+            ]
+            .into(),
+        );
+        m.handle(ev("d", 5, 1));
+        let out = inspected(
+            &mut m,
+            "d",
+            InspectReason::Stopped {
+                forced: Some("destroyed".into()),
+            },
+            3,
+        );
+        assert_eq!(
+            out,
+            vec![Effect::StartJob {
+                key: key("d"),
+                op: OpKind::Discard
+            }]
+        );
+        assert!(m.handle(ev("i", 5, 0)).is_empty());
+    }
+
+    #[test]
+    fn later_keeps_it_pending_and_failures_are_notified() {
+        let mut m = Machine::default();
+        m.handle(ev("a", 5, 0));
+        inspected(&mut m, "a", stopped_clean(), 7);
+        let out = m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Later,
+            remember: false,
+        });
+        assert_eq!(out, vec![Effect::ClosePrompt { key: key("a") }]);
+        assert_eq!(m.summary(), Summary::Pending);
+        m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Discard,
+            remember: false,
+        });
+        let out = m.handle(Input::JobDone {
+            key: key("a"),
+            op: OpKind::Discard,
+            result: Err("locked".into()),
+        });
+        assert!(matches!(&out[0], Effect::Notify { error: true, .. }));
+        assert!(
+            m.vms[&key("a")].decision.is_some(),
+            "still pending after a failure"
+        );
+    }
+
+    #[test]
+    fn disconnect_changes_no_vm() {
+        let mut m = Machine::default();
+        m.handle(connected(&[("a", 1, 1)]));
+        let out = m.handle(Input::Monitor(MonitorEvent::Disconnected {
+            uri: URI.into(),
+            time: SystemTime::UNIX_EPOCH,
+            reason: "eof".into(),
+        }));
+        assert!(out.is_empty());
+        assert!(m.vms[&key("a")].active);
+        assert_eq!(m.connected[URI], false);
+    }
+}
