@@ -27,8 +27,6 @@ pub enum Exit {
     Connect = 2,
     /// The named domain (or disk) does not exist.
     NotFound = 3,
-    /// Not yet part of this build.
-    Unavailable = 69,
 }
 
 /// Exit codes of engine refusals (see `EngineError::exit_code`): 4 not managed, 5 running,
@@ -96,6 +94,21 @@ pub struct OpArgs {
 }
 
 impl Cli {
+    /// Parses a full argument vector (as the running app receives it from a second launch).
+    pub fn try_parse_from_args(args: &[String]) -> Result<Cli, clap::Error> {
+        let cli = <Cli as Parser>::try_parse_from(args)?;
+        if let (Some(vm), Some(overlay), Some(base)) = (&cli.vm, &cli.overlay, &cli.base) {
+            settings::pin_for_this_run(
+                vm,
+                overlay::Pin {
+                    overlay: overlay::image::absolute(overlay),
+                    base: overlay::image::absolute(base),
+                },
+            );
+        }
+        Ok(cli)
+    }
+
     pub fn uris(&self) -> Vec<String> {
         if self.connect.is_empty() {
             vec![libvirt::DEFAULT_URI.to_string()]
@@ -112,13 +125,7 @@ pub fn run(cli: Cli) -> i32 {
         Some(Command::Watch { json }) => watch(uris, json) as i32,
         Some(Command::Commit(args)) => operate(&uris, OpKind::Commit, &args),
         Some(Command::Discard(args)) => operate(&uris, OpKind::Discard, &args),
-        None => {
-            eprintln!(
-                "vmoverlay: the desktop application is not part of this build yet; \
-                 use `vmoverlay watch`, `status`, `commit` or `discard`. Nothing was changed."
-            );
-            Exit::Unavailable as i32
-        }
+        None => crate::ui::run(std::env::args().collect()),
     }
 }
 

@@ -9,4 +9,6 @@ pub mod config;
 pub mod libvirt;
 pub mod overlay;
 pub mod settings;
+pub mod tray;
+pub mod ui;
 pub mod units;

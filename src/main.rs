@@ -1,8 +1,7 @@
-use clap::Parser;
-
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let cli = match vmoverlay::cli::Cli::try_parse() {
+    let cli = match vmoverlay::cli::Cli::try_parse_from_args(&std::env::args().collect::<Vec<_>>())
+    {
         Ok(cli) => cli,
         Err(e) => {
             let code = if e.use_stderr() {

@@ -21,6 +21,25 @@ pub fn config_dir() -> PathBuf {
 /// Per-VM pinned overlay/base pairs (`pins.json`: `{"VM": [{"overlay": …, "base": …}]}`),
 /// the setting form of the old `vmoverlay VM --overlay PATH --base PATH`.
 pub fn pins_for(vm: &str) -> Result<Vec<Pin>, String> {
+    let mut pins: Vec<Pin> = RUN_PINS
+        .lock()
+        .map(|p| p.get(vm).cloned().unwrap_or_default())
+        .unwrap_or_default();
+    pins.extend(pins_from_file(vm)?);
+    Ok(pins)
+}
+
+static RUN_PINS: std::sync::Mutex<BTreeMap<String, Vec<Pin>>> =
+    std::sync::Mutex::new(BTreeMap::new());
+
+/// The old command line's `vmoverlay VM --overlay PATH --base PATH`: pins for this run only.
+pub fn pin_for_this_run(vm: &str, pin: Pin) {
+    if let Ok(mut p) = RUN_PINS.lock() {
+        p.entry(vm.to_string()).or_default().push(pin);
+    }
+}
+
+fn pins_from_file(vm: &str) -> Result<Vec<Pin>, String> {
     let path = config_dir().join("pins.json");
     let data = match std::fs::read(&path) {
         Ok(d) => d,
@@ -30,4 +49,94 @@ pub fn pins_for(vm: &str) -> Result<Vec<Pin>, String> {
     let all: BTreeMap<String, Vec<Pin>> =
         serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(all.get(vm).cloned().unwrap_or_default())
+}
+
+/// Per-VM policies (`policies.json`: `{"URI": {"VM": "always-commit"}}`).
+pub fn load_policies() -> std::collections::BTreeMap<crate::app::VmKey, crate::app::Policy> {
+    let path = config_dir().join("policies.json");
+    let Ok(data) = std::fs::read(&path) else {
+        return Default::default();
+    };
+    let by_uri: BTreeMap<String, BTreeMap<String, crate::app::Policy>> =
+        match serde_json::from_slice(&data) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!("ignoring {}: {e}", path.display());
+                return Default::default();
+            }
+        };
+    by_uri
+        .into_iter()
+        .flat_map(|(uri, vms)| {
+            vms.into_iter()
+                .map(move |(name, p)| (crate::app::VmKey::new(&uri, &name), p))
+        })
+        .collect()
+}
+
+/// Remembers one VM's policy (written atomically).
+pub fn save_policy(key: &crate::app::VmKey, policy: crate::app::Policy) -> Result<(), String> {
+    let dir = config_dir();
+    let path = dir.join("policies.json");
+    let mut by_uri: BTreeMap<String, BTreeMap<String, crate::app::Policy>> = std::fs::read(&path)
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default();
+    by_uri
+        .entry(key.uri.clone())
+        .or_default()
+        .insert(key.name.clone(), policy);
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&by_uri)?)?;
+        std::fs::rename(&tmp, &path)
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The XDG autostart entry that starts the app at login.
+pub fn autostart_path() -> PathBuf {
+    let config_home = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("/etc/xdg"));
+    config_home
+        .join("autostart")
+        .join(format!("{}.desktop", crate::config::APP_ID))
+}
+
+pub fn autostart_enabled() -> bool {
+    autostart_path().exists()
+}
+
+/// Writes or removes the autostart entry. `uris` are passed on to the started app.
+pub fn set_autostart(enabled: bool, uris: &[String]) -> Result<(), String> {
+    let path = autostart_path();
+    if !enabled {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(format!("{}: {e}", path.display()))
+            }
+            _ => Ok(()),
+        };
+    }
+    let mut exec = String::from("vmoverlay");
+    for u in uris {
+        // Desktop-entry quoting: a URI is one argument inside double quotes.
+        exec.push_str(&format!(
+            " --connect \"{}\"",
+            u.replace(['"', '\\', '`', '$'], "")
+        ));
+    }
+    let entry = format!(
+        "[Desktop Entry]\nType=Application\nName=VM Overlay\n\
+         Comment=Commit or discard a VM's overlay when it shuts down\n\
+         Exec={exec}\nIcon={}\nTerminal=false\nX-GNOME-Autostart-enabled=true\n",
+        crate::config::APP_ID
+    );
+    std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
+        .and_then(|_| std::fs::write(&path, entry))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }

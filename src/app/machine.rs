@@ -284,7 +284,8 @@ impl Machine {
                         }
                     }
                     Lifecycle::Undefined(_) => {
-                        if self.vms.remove(&key).is_some_and(|vm| vm.prompt_open) {
+                        let had_prompt = self.vms.remove(&key).is_some_and(|vm| vm.prompt_open);
+                        if had_prompt {
                             out.push(Effect::ClosePrompt { key });
                         }
                     }
@@ -731,6 +732,6 @@ mod tests {
         }));
         assert!(out.is_empty());
         assert!(m.vms[&key("a")].active);
-        assert_eq!(m.connected[URI], false);
+        assert!(!m.connected[URI]);
     }
 }

@@ -1,0 +1,526 @@
+//! The desktop application: a windowless `adw::Application` (kept alive by a hold guard) that
+//! runs the monitor, the state machine, the prompt, the status window and the tray on one glib
+//! main loop. Blocking work (discovery, qemu-img) runs off the loop.
+
+mod prompt;
+mod status;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use adw::prelude::*;
+use gtk::{gio, glib};
+
+use crate::app::{Effect, Input, InspectReason, Machine, Summary, VmKey};
+use crate::libvirt::{self, domains::LibvirtCheck, Model, Monitor, MonitorConfig};
+use crate::overlay::{self, JobEvent, Journal, OpKind, Progress, Request};
+use crate::tray::{TrayAction, TrayState, TrayVm, VmTray};
+use crate::units::human_bytes;
+use crate::{config, settings};
+
+/// Appends one JSON line to `$VMOVERLAY_TEST_HOOK`, if set: how tests and benchmarks see when
+/// a prompt was mapped or a job finished, without scraping the screen.
+pub fn test_hook(event: &str, vm: &VmKey, extra: serde_json::Value) {
+    let Some(path) = std::env::var_os("VMOVERLAY_TEST_HOOK") else {
+        return;
+    };
+    let line = serde_json::json!({
+        "event": event,
+        "uri": vm.uri,
+        "vm": vm.name,
+        "time": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        "extra": extra,
+    });
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+struct State {
+    machine: Machine,
+    model: Model,
+    monitors: Vec<Monitor>,
+    uris: Vec<String>,
+    prompts: HashMap<VmKey, adw::MessageDialog>,
+    status: Option<status::StatusWindow>,
+    tray: Option<ksni::Handle<VmTray>>,
+    tray_state: TrayState,
+    journal: Journal,
+}
+
+pub struct Controller {
+    app: adw::Application,
+    state: RefCell<State>,
+    _hold: gio::ApplicationHoldGuard,
+}
+
+/// Runs the desktop app with the process's arguments; returns the exit code.
+pub fn run(argv: Vec<String>) -> i32 {
+    let app = adw::Application::builder()
+        .application_id(config::APP_ID)
+        .flags(gio::ApplicationFlags::HANDLES_COMMAND_LINE)
+        .build();
+    let controller: Rc<RefCell<Option<Rc<Controller>>>> = Rc::default();
+    app.connect_command_line(move |app, cmdline| {
+        let args: Vec<String> = cmdline
+            .arguments()
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let uris = match crate::cli::Cli::try_parse_from_args(&args) {
+            Ok(cli) => cli.uris(),
+            Err(e) => {
+                eprintln!("{e}");
+                return glib::ExitCode::from(crate::cli::EXIT_USAGE as u8);
+            }
+        };
+        let mut slot = controller.borrow_mut();
+        match slot.as_ref() {
+            // A second launch hands its arguments to the running instance.
+            Some(c) => c.add_uris(uris),
+            None => *slot = Some(Controller::start(app, uris)),
+        }
+        glib::ExitCode::SUCCESS
+    });
+    i32::from(app.run_with_args(&argv))
+}
+
+impl Controller {
+    fn start(app: &adw::Application, uris: Vec<String>) -> Rc<Controller> {
+        let (tray_tx, tray_rx) = async_channel::unbounded();
+        let ctl = Rc::new(Controller {
+            app: app.clone(),
+            _hold: app.hold(),
+            state: RefCell::new(State {
+                machine: Machine::new(settings::load_policies()),
+                model: Model::new(),
+                monitors: Vec::new(),
+                uris: Vec::new(),
+                prompts: HashMap::new(),
+                status: None,
+                tray: None,
+                tray_state: TrayState {
+                    autostart: settings::autostart_enabled(),
+                    ..Default::default()
+                },
+                journal: Journal::default_location(),
+            }),
+        });
+        ctl.install_actions();
+        // Interrupted operations are finished before anything else happens to their VMs.
+        let c = ctl.clone();
+        glib::spawn_future_local(async move {
+            let journal = c.state.borrow().journal.clone();
+            let done = gio::spawn_blocking(move || recover(&journal)).await;
+            for line in done.unwrap_or_default() {
+                c.notify("VM Overlay", &line, false);
+            }
+            c.add_uris(uris);
+        });
+        Self::spawn_tray(&ctl, tray_tx);
+        let c = ctl.clone();
+        glib::spawn_future_local(async move {
+            while let Ok(action) = tray_rx.recv().await {
+                c.on_tray(action);
+            }
+        });
+        ctl.refresh();
+        ctl
+    }
+
+    fn install_actions(self: &Rc<Self>) {
+        let show = gio::SimpleAction::new("show-status", None);
+        let c = Rc::downgrade(self);
+        show.connect_activate(move |_, _| {
+            if let Some(c) = c.upgrade() {
+                c.show_status();
+            }
+        });
+        self.app.add_action(&show);
+        let quit = gio::SimpleAction::new("quit", None);
+        let app = self.app.clone();
+        quit.connect_activate(move |_, _| app.quit());
+        self.app.add_action(&quit);
+    }
+
+    fn spawn_tray(ctl: &Rc<Controller>, tx: async_channel::Sender<TrayAction>) {
+        let c = ctl.clone();
+        glib::spawn_future_local(async move {
+            use ksni::TrayMethods;
+            let tray = VmTray {
+                state: c.state.borrow().tray_state.clone(),
+                tx,
+            };
+            let in_flatpak = std::path::Path::new("/.flatpak-info").exists();
+            match tray.disable_dbus_name(in_flatpak).spawn().await {
+                Ok(handle) => {
+                    c.state.borrow_mut().tray = Some(handle);
+                    test_hook("tray-ready", &VmKey::new("", ""), serde_json::Value::Null);
+                    c.refresh();
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "No system tray is available ({e}). VM Overlay keeps running and still \
+                         asks when a VM shuts down. On GNOME, install the \"AppIndicator and \
+                         KStatusNotifierItem Support\" extension to get its tray icon."
+                    );
+                    log::warn!("{msg}");
+                    test_hook(
+                        "tray-unavailable",
+                        &VmKey::new("", ""),
+                        serde_json::json!(e.to_string()),
+                    );
+                    c.notify("No system tray", &msg, false);
+                }
+            }
+        });
+    }
+
+    fn add_uris(self: &Rc<Self>, uris: Vec<String>) {
+        let new: Vec<String> = {
+            let st = self.state.borrow();
+            uris.into_iter().filter(|u| !st.uris.contains(u)).collect()
+        };
+        if new.is_empty() {
+            self.show_status();
+            return;
+        }
+        let monitor = Monitor::start(MonitorConfig::new(new.clone()));
+        let rx = monitor.receiver();
+        {
+            let mut st = self.state.borrow_mut();
+            st.uris.extend(new);
+            st.monitors.push(monitor);
+        }
+        let c = self.clone();
+        glib::spawn_future_local(async move {
+            while let Ok(event) = rx.recv().await {
+                let events = c.state.borrow_mut().model.apply(event);
+                for e in events {
+                    c.input(Input::Monitor(e));
+                }
+            }
+        });
+    }
+
+    /// Feeds the state machine and carries out what it decides.
+    fn input(self: &Rc<Self>, input: Input) {
+        let effects = self.state.borrow_mut().machine.handle(input);
+        for e in effects {
+            self.effect(e);
+        }
+        self.refresh();
+    }
+
+    fn effect(self: &Rc<Self>, effect: Effect) {
+        match effect {
+            Effect::Inspect { key, reason } => self.inspect(key, reason),
+            Effect::ShowPrompt { key, decision } => {
+                let dialog = prompt::show(self, &key, &decision);
+                if let Some(old) = self.state.borrow_mut().prompts.insert(key, dialog) {
+                    old.close();
+                }
+            }
+            Effect::ClosePrompt { key } => {
+                let dialog = self.state.borrow_mut().prompts.remove(&key);
+                if let Some(d) = dialog {
+                    d.close();
+                    test_hook("prompt-closed", &key, serde_json::Value::Null);
+                }
+            }
+            Effect::StartJob { key, op } => self.start_job(key, op),
+            Effect::SavePolicy { key, policy } => {
+                if let Err(e) = settings::save_policy(&key, policy) {
+                    self.notify("Could not save the setting", &e, true);
+                }
+            }
+            Effect::Notify { title, body, error } => self.notify(&title, &body, error),
+        }
+    }
+
+    pub fn choose(self: &Rc<Self>, key: VmKey, choice: crate::app::Choice, remember: bool) {
+        self.state.borrow_mut().prompts.remove(&key);
+        self.input(Input::Choice {
+            key,
+            choice,
+            remember,
+        });
+    }
+
+    fn inspect(self: &Rc<Self>, key: VmKey, reason: InspectReason) {
+        let c = self.clone();
+        glib::spawn_future_local(async move {
+            let k = key.clone();
+            let changed = gio::spawn_blocking(move || inspect_vm(&k))
+                .await
+                .unwrap_or_else(|_| Err("inspection panicked".into()));
+            c.input(Input::Inspected {
+                key,
+                reason,
+                changed,
+            });
+        });
+    }
+
+    fn start_job(self: &Rc<Self>, key: VmKey, op: OpKind) {
+        let c = self.clone();
+        let journal = self.state.borrow().journal.clone();
+        glib::spawn_future_local(async move {
+            let k = key.clone();
+            let plan = gio::spawn_blocking(move || plan_job(&k, op))
+                .await
+                .unwrap_or_else(|_| Err("planning panicked".into()));
+            let result = match plan {
+                Err(e) => Err(e),
+                Ok((conn, requests)) => {
+                    let mut total = 0;
+                    let mut error = None;
+                    for req in requests {
+                        let check = Box::new(LibvirtCheck::new(conn.clone(), &key.name));
+                        let rx = overlay::spawn(req, check, journal.clone());
+                        while let Ok(ev) = rx.recv().await {
+                            match ev {
+                                JobEvent::Progress(Progress::Committing(f)) => {
+                                    c.input(Input::JobProgress {
+                                        key: key.clone(),
+                                        progress: f,
+                                    })
+                                }
+                                JobEvent::Progress(_) => {}
+                                JobEvent::Done(Ok(o)) => {
+                                    total += o.changed_bytes;
+                                    journal.set_last(
+                                        &o.overlay,
+                                        &format!("{} {}", op.word(), human_bytes(o.changed_bytes)),
+                                    );
+                                }
+                                JobEvent::Done(Err(e)) => error = Some(e.to_string()),
+                            }
+                        }
+                        if error.is_some() {
+                            break;
+                        }
+                    }
+                    match error {
+                        Some(e) => Err(e),
+                        None => Ok(match op {
+                            OpKind::Commit => {
+                                format!("Committed {} into the base image.", human_bytes(total))
+                            }
+                            OpKind::Discard => format!(
+                                "Discarded {}; the base image is untouched.",
+                                human_bytes(total)
+                            ),
+                        }),
+                    }
+                }
+            };
+            test_hook(
+                "job-done",
+                &key,
+                serde_json::json!({"op": op.word(), "ok": result.is_ok(), "result": format!("{result:?}")}),
+            );
+            c.input(Input::JobDone { key, op, result });
+        });
+    }
+
+    fn on_tray(self: &Rc<Self>, action: TrayAction) {
+        match action {
+            TrayAction::Commit(key) => self.choose(key, crate::app::Choice::Commit, false),
+            TrayAction::Discard(key) => self.choose(key, crate::app::Choice::Discard, false),
+            TrayAction::ShowStatus => self.show_status(),
+            TrayAction::ToggleAutostart => {
+                let (enable, uris) = {
+                    let st = self.state.borrow();
+                    (!st.tray_state.autostart, st.uris.clone())
+                };
+                if let Err(e) = settings::set_autostart(enable, &uris) {
+                    self.notify("Could not change start at login", &e, true);
+                }
+                self.state.borrow_mut().tray_state.autostart = settings::autostart_enabled();
+                self.push_tray();
+            }
+            TrayAction::Quit => self.app.quit(),
+        }
+    }
+
+    pub fn notify(&self, title: &str, body: &str, error: bool) {
+        let n = gio::Notification::new(title);
+        n.set_body(Some(body));
+        if error {
+            n.set_priority(gio::NotificationPriority::High);
+            log::error!("{title}: {body}");
+        }
+        self.app.send_notification(None, &n);
+    }
+
+    fn show_status(self: &Rc<Self>) {
+        let existing = self
+            .state
+            .borrow()
+            .status
+            .as_ref()
+            .map(|s| s.window.clone());
+        match existing {
+            Some(w) => w.present(),
+            None => {
+                let w = status::StatusWindow::new(self);
+                w.window.present();
+                self.state.borrow_mut().status = Some(w);
+                self.refresh();
+            }
+        }
+    }
+
+    pub fn app(&self) -> &adw::Application {
+        &self.app
+    }
+
+    /// Renders the machine's state into the tray and the status window.
+    fn refresh(self: &Rc<Self>) {
+        let (rows, summary, tooltip) = {
+            let st = self.state.borrow();
+            let rows: Vec<status::Row> = st
+                .machine
+                .vms
+                .iter()
+                .map(|(k, vm)| status::Row::of(k, vm))
+                .collect();
+            let running = st.machine.vms.values().filter(|v| v.active).count();
+            let pending = st
+                .machine
+                .vms
+                .values()
+                .filter(|v| v.decision.is_some())
+                .count();
+            let busy = st.machine.vms.values().filter(|v| v.job.is_some()).count();
+            let mut tip = format!("{running} running");
+            if pending > 0 {
+                tip.push_str(&format!(", {pending} waiting for a decision"));
+            }
+            if busy > 0 {
+                tip.push_str(&format!(", {busy} busy"));
+            }
+            if st.machine.connected.values().any(|c| !c) {
+                tip.push_str(" (reconnecting to libvirt)");
+            }
+            (rows, st.machine.summary(), tip)
+        };
+        if let Some(w) = self.state.borrow().status.as_ref() {
+            w.update(&rows);
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            st.tray_state.summary = summary;
+            st.tray_state.tooltip = tooltip;
+            st.tray_state.vms = rows
+                .iter()
+                .map(|r| TrayVm {
+                    key: r.key.clone(),
+                    label: format!("{} — {}", r.key.name, r.subtitle),
+                    can_act: r.can_act,
+                })
+                .collect();
+        }
+        self.push_tray();
+    }
+
+    /// Sends the tray state to ksni, only when it changed.
+    fn push_tray(&self) {
+        let st = self.state.borrow();
+        let Some(handle) = st.tray.clone() else {
+            return;
+        };
+        let new = st.tray_state.clone();
+        drop(st);
+        glib::spawn_future_local(async move {
+            handle
+                .update(move |t| {
+                    if t.state != new {
+                        t.state = new;
+                    }
+                })
+                .await;
+        });
+    }
+
+    pub fn summary(&self) -> Summary {
+        self.state.borrow().machine.summary()
+    }
+}
+
+/// Total changed bytes of a VM's managed disks (blocking: libvirt + qemu-img).
+fn inspect_vm(key: &VmKey) -> Result<u64, String> {
+    let (_, found) = discover_vm(key)?;
+    if found.managed.is_empty() {
+        return Err("no managed disk".into());
+    }
+    found
+        .managed
+        .iter()
+        .map(|d| overlay::image::changed_bytes(&d.overlay))
+        .sum()
+}
+
+fn discover_vm(key: &VmKey) -> Result<(virt::connect::Connect, overlay::DomainDisks), String> {
+    let conn = libvirt::open(&key.uri, true).map_err(|e| e.message().to_string())?;
+    let xml = conn
+        .lookup_domain_by_name(&key.name)
+        .and_then(|d| d.xml_desc(0))
+        .map_err(|e| e.message().to_string())?;
+    let pins = settings::pins_for(&key.name)?;
+    let found = overlay::discover(&xml, &pins)?;
+    Ok((conn, found))
+}
+
+fn plan_job(key: &VmKey, op: OpKind) -> Result<(virt::connect::Connect, Vec<Request>), String> {
+    let (conn, found) = discover_vm(key)?;
+    if found.managed.is_empty() {
+        return Err(format!("{} has no managed disk", key.name));
+    }
+    let requests = found
+        .managed
+        .into_iter()
+        .map(|disk| Request {
+            op,
+            uri: key.uri.clone(),
+            domain: key.name.clone(),
+            disk,
+        })
+        .collect();
+    Ok((conn, requests))
+}
+
+/// Finishes what the journal holds; returns a line per operation for notifications.
+fn recover(journal: &Journal) -> Vec<String> {
+    let make_check =
+        |rec: &overlay::Record| -> Result<Box<dyn overlay::DomainCheck>, overlay::EngineError> {
+            let conn =
+                libvirt::open(&rec.uri, true).map_err(|e| overlay::EngineError::NotFound {
+                    what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
+                })?;
+            Ok(Box::new(LibvirtCheck::new(conn, &rec.domain)))
+        };
+    overlay::recover(journal, &make_check, &mut |_, _| {})
+        .into_iter()
+        .map(|(rec, r)| match r {
+            Ok(_) => format!(
+                "Finished the interrupted {} of {} ({}).",
+                rec.op.word(),
+                rec.domain,
+                rec.disk.target
+            ),
+            Err(e) => format!(
+                "The interrupted {} of {} is still pending: {e}",
+                rec.op.word(),
+                rec.domain
+            ),
+        })
+        .collect()
+}

@@ -1,0 +1,160 @@
+//! The status window: every VM, its state, its changes, its pending decision and last result,
+//! with the same Commit / Discard actions as the tray.
+
+use std::rc::Rc;
+
+use adw::prelude::*;
+
+use super::Controller;
+use crate::app::machine::Vm;
+use crate::app::{Choice, VmKey};
+use crate::units::human_bytes;
+
+/// What the status window and the tray show for one VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub key: VmKey,
+    pub subtitle: String,
+    pub progress: Option<f64>,
+    pub can_act: bool,
+}
+
+impl Row {
+    pub fn of(key: &VmKey, vm: &Vm) -> Row {
+        let mut parts = Vec::new();
+        if let Some(job) = &vm.job {
+            parts.push(format!(
+                "{} {:.0}%",
+                match job.op {
+                    crate::overlay::OpKind::Commit => "committing",
+                    crate::overlay::OpKind::Discard => "discarding",
+                },
+                job.progress * 100.0
+            ));
+        } else if vm.active {
+            parts.push("running".to_string());
+        } else {
+            parts.push("shut off".to_string());
+        }
+        match vm.changed {
+            Some(0) => parts.push("no changes".into()),
+            Some(n) => parts.push(format!("{} changed", human_bytes(n))),
+            None => {}
+        }
+        if let Some(d) = &vm.decision {
+            parts.push(match &d.forced {
+                Some(why) => format!("decision pending ({why})"),
+                None => "decision pending".into(),
+            });
+        }
+        if let Some(why) = &vm.keep_overlay {
+            parts.push(format!("overlay kept: {why}"));
+        }
+        Row {
+            key: key.clone(),
+            subtitle: parts.join(", "),
+            progress: vm.job.as_ref().map(|j| j.progress),
+            can_act: !vm.active
+                && vm.job.is_none()
+                && vm.changed.is_some_and(|n| n > 0)
+                && vm.keep_overlay.is_none(),
+        }
+    }
+}
+
+pub struct StatusWindow {
+    pub window: adw::ApplicationWindow,
+    list: gtk::ListBox,
+    ctl: std::rc::Weak<Controller>,
+    last: std::cell::RefCell<Vec<Row>>,
+}
+
+impl StatusWindow {
+    pub fn new(ctl: &Rc<Controller>) -> StatusWindow {
+        let list = gtk::ListBox::builder()
+            .selection_mode(gtk::SelectionMode::None)
+            .css_classes(["boxed-list"])
+            .build();
+        let clamp = adw::Clamp::builder()
+            .maximum_size(720)
+            .margin_top(18)
+            .margin_bottom(18)
+            .margin_start(12)
+            .margin_end(12)
+            .child(&list)
+            .build();
+        let content = gtk::Box::new(gtk::Orientation::Vertical, 0);
+        content.append(&adw::HeaderBar::new());
+        content.append(
+            &gtk::ScrolledWindow::builder()
+                .vexpand(true)
+                .child(&clamp)
+                .build(),
+        );
+        let window = adw::ApplicationWindow::builder()
+            .application(ctl.app())
+            .title("VM Overlay")
+            .default_width(640)
+            .default_height(420)
+            .content(&content)
+            .hide_on_close(true)
+            .build();
+        StatusWindow {
+            window,
+            list,
+            ctl: Rc::downgrade(ctl),
+            last: Default::default(),
+        }
+    }
+
+    pub fn update(&self, rows: &[Row]) {
+        if *self.last.borrow() == rows {
+            return;
+        }
+        *self.last.borrow_mut() = rows.to_vec();
+        while let Some(child) = self.list.first_child() {
+            self.list.remove(&child);
+        }
+        if rows.is_empty() {
+            self.list.append(
+                &adw::ActionRow::builder()
+                    .title("No virtual machines")
+                    .subtitle("Waiting for libvirt")
+                    .build(),
+            );
+        }
+        for r in rows {
+            let row = adw::ActionRow::builder()
+                .title(&r.key.name)
+                .subtitle(format!("{} · {}", r.subtitle, r.key.uri))
+                .build();
+            if let Some(p) = r.progress {
+                let bar = gtk::ProgressBar::builder()
+                    .fraction(p)
+                    .valign(gtk::Align::Center)
+                    .width_request(120)
+                    .build();
+                row.add_suffix(&bar);
+            }
+            for (label, choice, class) in [
+                ("Discard", Choice::Discard, "destructive-action"),
+                ("Commit", Choice::Commit, "suggested-action"),
+            ] {
+                let b = gtk::Button::builder()
+                    .label(label)
+                    .valign(gtk::Align::Center)
+                    .sensitive(r.can_act)
+                    .css_classes([class])
+                    .build();
+                let (c, k) = (self.ctl.clone(), r.key.clone());
+                b.connect_clicked(move |_| {
+                    if let Some(c) = c.upgrade() {
+                        c.choose(k.clone(), choice, false);
+                    }
+                });
+                row.add_suffix(&b);
+            }
+            self.list.append(&row);
+        }
+    }
+}
