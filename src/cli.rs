@@ -57,6 +57,11 @@ pub struct Cli {
     /// Old form: pin this base image for VM
     #[arg(long, value_name = "PATH", requires = "vm")]
     pub base: Option<PathBuf>,
+
+    /// Show the real flow without any VM: a demo guest on libvirt's test driver, with real
+    /// overlay images in the cache directory
+    #[arg(long, conflicts_with_all = ["vm", "connect"])]
+    pub demo: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod libvirt;
 pub mod overlay;
 pub mod settings;

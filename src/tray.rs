@@ -10,6 +10,8 @@ pub enum TrayAction {
     Discard(VmKey),
     ShowStatus,
     ToggleAutostart,
+    /// `--demo` only: start (true) or shut down the demo guest.
+    DemoPower(bool),
     Quit,
 }
 
@@ -27,6 +29,8 @@ pub struct TrayState {
     pub tooltip: String,
     pub vms: Vec<TrayVm>,
     pub autostart: bool,
+    /// `--demo` only: is the demo guest running?
+    pub demo: Option<bool>,
 }
 
 impl Default for TrayState {
@@ -36,6 +40,7 @@ impl Default for TrayState {
             tooltip: String::new(),
             vms: Vec::new(),
             autostart: false,
+            demo: None,
         }
     }
 }
@@ -172,6 +177,22 @@ impl ksni::Tray for VmTray {
             );
         }
         items.push(MenuItem::Separator);
+        if let Some(running) = self.state.demo {
+            items.push(
+                StandardItem {
+                    label: if running {
+                        "Shut down the demo guest".into()
+                    } else {
+                        "Start the demo guest".into()
+                    },
+                    activate: Box::new(move |t: &mut Self| {
+                        let _ = t.tx.try_send(TrayAction::DemoPower(!running));
+                    }),
+                    ..Default::default()
+                }
+                .into(),
+            );
+        }
         items.push(
             StandardItem {
                 label: "Show status".into(),

@@ -52,6 +52,7 @@ struct State {
     tray: Option<ksni::Handle<VmTray>>,
     tray_state: TrayState,
     journal: Journal,
+    demo: Option<crate::demo::Demo>,
 }
 
 pub struct Controller {
@@ -73,8 +74,8 @@ pub fn run(argv: Vec<String>) -> i32 {
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
-        let uris = match crate::cli::Cli::try_parse_from_args(&args) {
-            Ok(cli) => cli.uris(),
+        let cli = match crate::cli::Cli::try_parse_from_args(&args) {
+            Ok(cli) => cli,
             Err(e) => {
                 eprintln!("{e}");
                 return glib::ExitCode::from(crate::cli::EXIT_USAGE as u8);
@@ -83,8 +84,15 @@ pub fn run(argv: Vec<String>) -> i32 {
         let mut slot = controller.borrow_mut();
         match slot.as_ref() {
             // A second launch hands its arguments to the running instance.
-            Some(c) => c.add_uris(uris),
-            None => *slot = Some(Controller::start(app, uris)),
+            Some(c) => c.add_uris(cli.uris()),
+            None if cli.demo => match crate::demo::Demo::create() {
+                Ok(demo) => *slot = Some(Controller::start(app, Vec::new(), Some(demo))),
+                Err(e) => {
+                    eprintln!("vmoverlay: cannot set up the demo: {e}. Nothing was changed.");
+                    return glib::ExitCode::FAILURE;
+                }
+            },
+            None => *slot = Some(Controller::start(app, cli.uris(), None)),
         }
         glib::ExitCode::SUCCESS
     });
@@ -92,7 +100,14 @@ pub fn run(argv: Vec<String>) -> i32 {
 }
 
 impl Controller {
-    fn start(app: &adw::Application, uris: Vec<String>) -> Rc<Controller> {
+    fn start(
+        app: &adw::Application,
+        mut uris: Vec<String>,
+        demo: Option<crate::demo::Demo>,
+    ) -> Rc<Controller> {
+        if let Some(d) = &demo {
+            uris = vec![d.uri.clone()];
+        }
         let (tray_tx, tray_rx) = async_channel::unbounded();
         let ctl = Rc::new(Controller {
             app: app.clone(),
@@ -107,11 +122,16 @@ impl Controller {
                 tray: None,
                 tray_state: TrayState {
                     autostart: settings::autostart_enabled(),
+                    demo: demo.as_ref().map(|_| true),
                     ..Default::default()
                 },
                 journal: Journal::default_location(),
+                demo,
             }),
         });
+        if ctl.state.borrow().demo.is_some() {
+            ctl.schedule_demo_shutdown();
+        }
         ctl.install_actions();
         // Interrupted operations are finished before anything else happens to their VMs.
         let c = ctl.clone();
@@ -191,7 +211,10 @@ impl Controller {
             self.show_status();
             return;
         }
-        let monitor = Monitor::start(MonitorConfig::new(new.clone()));
+        let mut config = MonitorConfig::new(new.clone());
+        // The test driver keeps its state per connection: the demo acts through this one.
+        config.read_only = self.state.borrow().demo.is_none();
+        let monitor = Monitor::start(config);
         let rx = monitor.receiver();
         {
             let mut st = self.state.borrow_mut();
@@ -207,6 +230,51 @@ impl Controller {
                 }
             }
         });
+    }
+
+    /// The monitor's live connection to `uri`, shared by discovery and the engine's checks.
+    fn connection_for(&self, uri: &str) -> Option<virt::connect::Connect> {
+        self.state
+            .borrow()
+            .monitors
+            .iter()
+            .find_map(|m| m.connection(uri))
+    }
+
+    /// The demo guest shuts itself down a few seconds after it starts, like a short session.
+    fn schedule_demo_shutdown(self: &Rc<Self>) {
+        let c = Rc::downgrade(self);
+        glib::timeout_add_seconds_local_once(8, move || {
+            if let Some(c) = c.upgrade() {
+                c.demo_power(false);
+            }
+        });
+    }
+
+    /// Starts (`true`) or shuts down the demo guest, through the monitor's connection.
+    fn demo_power(self: &Rc<Self>, on: bool) {
+        let Some(uri) = self.state.borrow().demo.as_ref().map(|d| d.uri.clone()) else {
+            return;
+        };
+        let Some(conn) = self.connection_for(&uri) else {
+            return;
+        };
+        let Ok(dom) = conn.lookup_domain_by_name(crate::demo::DOMAIN) else {
+            return;
+        };
+        let active = dom.is_active().unwrap_or(false);
+        if on && !active {
+            if let Some(d) = self.state.borrow().demo.as_ref() {
+                if let Err(e) = d.guest_writes(crate::demo::LATER_WRITE) {
+                    log::warn!("demo guest could not write: {e}");
+                }
+            }
+            if dom.create().is_ok() {
+                self.schedule_demo_shutdown();
+            }
+        } else if !on && active {
+            let _ = dom.shutdown();
+        }
     }
 
     /// Feeds the state machine and carries out what it decides.
@@ -244,8 +312,9 @@ impl Controller {
         }
     }
 
+    /// A choice from the prompt, the tray or the status window; the state machine closes an
+    /// open prompt for that VM whichever way the choice came.
     pub fn choose(self: &Rc<Self>, key: VmKey, choice: crate::app::Choice, remember: bool) {
-        self.state.borrow_mut().prompts.remove(&key);
         self.input(Input::Choice {
             key,
             choice,
@@ -256,8 +325,8 @@ impl Controller {
     fn inspect(self: &Rc<Self>, key: VmKey, reason: InspectReason) {
         let c = self.clone();
         glib::spawn_future_local(async move {
-            let k = key.clone();
-            let changed = gio::spawn_blocking(move || inspect_vm(&k))
+            let (k, conn) = (key.clone(), c.connection_for(&key.uri));
+            let changed = gio::spawn_blocking(move || inspect_vm(&k, conn))
                 .await
                 .unwrap_or_else(|_| Err("inspection panicked".into()));
             c.input(Input::Inspected {
@@ -272,8 +341,8 @@ impl Controller {
         let c = self.clone();
         let journal = self.state.borrow().journal.clone();
         glib::spawn_future_local(async move {
-            let k = key.clone();
-            let plan = gio::spawn_blocking(move || plan_job(&k, op))
+            let (k, conn) = (key.clone(), c.connection_for(&key.uri));
+            let plan = gio::spawn_blocking(move || plan_job(&k, op, conn))
                 .await
                 .unwrap_or_else(|_| Err("planning panicked".into()));
             let result = match plan {
@@ -346,6 +415,7 @@ impl Controller {
                 self.state.borrow_mut().tray_state.autostart = settings::autostart_enabled();
                 self.push_tray();
             }
+            TrayAction::DemoPower(on) => self.demo_power(on),
             TrayAction::Quit => self.app.quit(),
         }
     }
@@ -360,22 +430,20 @@ impl Controller {
         self.app.send_notification(None, &n);
     }
 
-    fn show_status(self: &Rc<Self>) {
-        let existing = self
-            .state
-            .borrow()
-            .status
-            .as_ref()
-            .map(|s| s.window.clone());
-        match existing {
-            Some(w) => w.present(),
-            None => {
-                let w = status::StatusWindow::new(self);
-                w.window.present();
-                self.state.borrow_mut().status = Some(w);
-                self.refresh();
-            }
+    /// The status window, created on first use.
+    fn status_window(self: &Rc<Self>) -> adw::ApplicationWindow {
+        if let Some(w) = self.state.borrow().status.as_ref() {
+            return w.window.clone();
         }
+        let w = status::StatusWindow::new(self);
+        let window = w.window.clone();
+        self.state.borrow_mut().status = Some(w);
+        self.refresh();
+        window
+    }
+
+    fn show_status(self: &Rc<Self>) {
+        self.status_window().present();
     }
 
     pub fn app(&self) -> &adw::Application {
@@ -417,6 +485,13 @@ impl Controller {
         }
         {
             let mut st = self.state.borrow_mut();
+            let demo_running = st.demo.as_ref().map(|_| {
+                st.machine
+                    .vms
+                    .iter()
+                    .any(|(k, vm)| k.name == crate::demo::DOMAIN && vm.active)
+            });
+            st.tray_state.demo = demo_running;
             st.tray_state.summary = summary;
             st.tray_state.tooltip = tooltip;
             st.tray_state.vms = rows
@@ -456,8 +531,8 @@ impl Controller {
 }
 
 /// Total changed bytes of a VM's managed disks (blocking: libvirt + qemu-img).
-fn inspect_vm(key: &VmKey) -> Result<u64, String> {
-    let (_, found) = discover_vm(key)?;
+fn inspect_vm(key: &VmKey, conn: Option<virt::connect::Connect>) -> Result<u64, String> {
+    let (_, found) = discover_vm(key, conn)?;
     if found.managed.is_empty() {
         return Err("no managed disk".into());
     }
@@ -468,8 +543,14 @@ fn inspect_vm(key: &VmKey) -> Result<u64, String> {
         .sum()
 }
 
-fn discover_vm(key: &VmKey) -> Result<(virt::connect::Connect, overlay::DomainDisks), String> {
-    let conn = libvirt::open(&key.uri, true).map_err(|e| e.message().to_string())?;
+fn discover_vm(
+    key: &VmKey,
+    conn: Option<virt::connect::Connect>,
+) -> Result<(virt::connect::Connect, overlay::DomainDisks), String> {
+    let conn = match conn {
+        Some(c) => c,
+        None => libvirt::open(&key.uri, true).map_err(|e| e.message().to_string())?,
+    };
     let xml = conn
         .lookup_domain_by_name(&key.name)
         .and_then(|d| d.xml_desc(0))
@@ -479,8 +560,12 @@ fn discover_vm(key: &VmKey) -> Result<(virt::connect::Connect, overlay::DomainDi
     Ok((conn, found))
 }
 
-fn plan_job(key: &VmKey, op: OpKind) -> Result<(virt::connect::Connect, Vec<Request>), String> {
-    let (conn, found) = discover_vm(key)?;
+fn plan_job(
+    key: &VmKey,
+    op: OpKind,
+    conn: Option<virt::connect::Connect>,
+) -> Result<(virt::connect::Connect, Vec<Request>), String> {
+    let (conn, found) = discover_vm(key, conn)?;
     if found.managed.is_empty() {
         return Err(format!("{} has no managed disk", key.name));
     }

@@ -38,6 +38,9 @@ pub fn show(ctl: &Rc<Controller>, key: &VmKey, decision: &Decision) -> adw::Mess
         .modal(false)
         .application(ctl.app())
         .build();
+    // No transient parent: this is a windowless app, and a dialog made transient for a hidden
+    // window is kept off screen by window managers (seen with openbox). libadwaita only logs
+    // that this is "discouraged".
     dialog.add_responses(&[
         ("discard", "_Discard"),
         ("later", "_Later"),
@@ -68,7 +71,10 @@ pub fn show(ctl: &Rc<Controller>, key: &VmKey, decision: &Decision) -> adw::Mess
         }
     });
     let (k, forced) = (key.clone(), decision.forced.clone());
-    dialog.connect_map(move |_| {
+    dialog.connect_map(move |d| {
+        // Nothing focused: Enter answers with the default response instead of toggling
+        // "Remember" (which Tab still reaches).
+        GtkWindowExt::set_focus(d, None::<&gtk::Widget>);
         test_hook("prompt-mapped", &k, serde_json::json!({"forced": forced}));
     });
     dialog.present();

@@ -5,6 +5,7 @@
 //! fails with a message that says which part and how to get it.
 #![allow(dead_code)]
 
+pub mod desktop;
 pub mod guest;
 pub mod images;
 

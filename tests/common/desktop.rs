@@ -1,0 +1,480 @@
+//! Real desktop sessions for the app's tests: a session D-Bus, a notification daemon (dunst)
+//! and a StatusNotifierItem host, either X11 (Xvfb + openbox + xfce4-panel's systray) or
+//! Wayland (headless sway + waybar, run as `nobody` because sway refuses root).
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const PANEL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<channel name="xfce4-panel" version="1.0">
+  <property name="configver" type="int" value="2"/>
+  <property name="panels" type="array">
+    <value type="int" value="1"/>
+    <property name="panel-1" type="empty">
+      <property name="position" type="string" value="p=6;x=0;y=0"/>
+      <property name="length" type="uint" value="100"/>
+      <property name="position-locked" type="bool" value="true"/>
+      <property name="size" type="uint" value="32"/>
+      <property name="plugin-ids" type="array"><value type="int" value="1"/></property>
+    </property>
+  </property>
+  <property name="plugins" type="empty">
+    <property name="plugin-1" type="string" value="systray"/>
+  </property>
+</channel>
+"#;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Kind {
+    X11,
+    Wayland,
+}
+
+pub struct Session {
+    pub kind: Kind,
+    pub home: PathBuf,
+    env: Vec<(String, String)>,
+    /// Run session programs (and the app) as this user (`setpriv`), or as ourselves.
+    user: Option<(u32, u32)>,
+    children: Vec<Child>,
+    dbus_pid: Option<i32>,
+    _dir: tempfile::TempDir,
+}
+
+pub fn artifacts() -> PathBuf {
+    let p = super::manifest_dir().join("target/test-artifacts");
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+fn free_display() -> u32 {
+    let start = 100 + (std::process::id() % 400);
+    (start..start + 200)
+        .find(|n| {
+            !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                && !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+        })
+        .expect("a free X display number")
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Session {
+    pub fn start(kind: Kind) -> Session {
+        let dir = tempfile::Builder::new()
+            .prefix("vmoverlay-session-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = dir.path().join("home");
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(home.join(".config/xfce4/xfconf/xfce-perchannel-xml")).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(
+            home.join(".config/xfce4/xfconf/xfce-perchannel-xml/xfce4-panel.xml"),
+            PANEL_XML,
+        )
+        .unwrap();
+        let user = match kind {
+            Kind::X11 => None,
+            Kind::Wayland => Some((65534, 65534)), // nobody:nogroup
+        };
+        if let Some((uid, gid)) = user {
+            for p in [dir.path().to_path_buf(), home.clone(), run.clone()] {
+                chown_r(&p, uid, gid);
+            }
+        }
+        let mut s = Session {
+            kind,
+            home: home.clone(),
+            env: vec![
+                ("HOME".into(), home.display().to_string()),
+                ("XDG_RUNTIME_DIR".into(), run.display().to_string()),
+                (
+                    "XDG_CONFIG_HOME".into(),
+                    home.join(".config").display().to_string(),
+                ),
+                (
+                    "XDG_CACHE_HOME".into(),
+                    home.join(".cache").display().to_string(),
+                ),
+                (
+                    "XDG_STATE_HOME".into(),
+                    home.join(".local/state").display().to_string(),
+                ),
+                ("NO_AT_BRIDGE".into(), "1".into()),
+                ("GTK_A11Y".into(), "none".into()),
+                ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                ("LANG".into(), "C.UTF-8".into()),
+            ],
+            user,
+            children: Vec::new(),
+            dbus_pid: None,
+            _dir: dir,
+        };
+        s.start_dbus();
+        match kind {
+            Kind::X11 => s.start_x11(),
+            Kind::Wayland => s.start_wayland(),
+        }
+        let dunst = s
+            .command("dunst")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dunst is installed");
+        s.children.push(dunst);
+        wait_for("the StatusNotifierWatcher", Duration::from_secs(20), || {
+            s.busctl(&["list", "--no-pager"])
+                .contains("org.kde.StatusNotifierWatcher")
+        });
+        wait_for("the notification daemon", Duration::from_secs(20), || {
+            s.busctl(&["list", "--no-pager"])
+                .contains("org.freedesktop.Notifications")
+        });
+        s
+    }
+
+    fn start_dbus(&mut self) {
+        let mut child = self
+            .command("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("dbus-daemon is installed");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.env
+            .push(("DBUS_SESSION_BUS_ADDRESS".into(), line.trim().to_string()));
+        self.dbus_pid = Some(child.id() as i32);
+        self.children.push(child);
+    }
+
+    fn start_x11(&mut self) {
+        let n = free_display();
+        let xvfb = Command::new("Xvfb")
+            .arg(format!(":{n}"))
+            .args(["-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb is installed");
+        self.children.push(xvfb);
+        wait_for("Xvfb", Duration::from_secs(10), || {
+            Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+        });
+        self.env.push(("DISPLAY".into(), format!(":{n}")));
+        self.env.push(("GDK_BACKEND".into(), "x11".into()));
+        for prog in ["openbox", "xfce4-panel"] {
+            let c = self
+                .command(prog)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("{prog}: {e}"));
+            self.children.push(c);
+        }
+    }
+
+    fn start_wayland(&mut self) {
+        let cfg = self.home.join("sway.conf");
+        let waybar = self.home.join("waybar.json");
+        std::fs::write(
+            &waybar,
+            r#"{"layer": "top", "position": "top", "height": 30, "modules-right": ["tray"], "tray": {"icon-size": 21, "spacing": 4}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            &cfg,
+            format!(
+                "output * resolution 1280x800\nexec waybar -c {}\n",
+                waybar.display()
+            ),
+        )
+        .unwrap();
+        chown_r(&self.home, 65534, 65534);
+        self.env.push(("WLR_BACKENDS".into(), "headless".into()));
+        self.env
+            .push(("WLR_LIBINPUT_NO_DEVICES".into(), "1".into()));
+        self.env.push(("WLR_RENDERER".into(), "pixman".into()));
+        self.env
+            .push(("WAYLAND_DISPLAY".into(), "wayland-1".into()));
+        self.env.push(("GDK_BACKEND".into(), "wayland".into()));
+        let sway = self
+            .command("sway")
+            .arg("-c")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sway is installed");
+        self.children.push(sway);
+        let sock = PathBuf::from(self.var("XDG_RUNTIME_DIR")).join("wayland-1");
+        wait_for("sway's Wayland socket", Duration::from_secs(20), || {
+            sock.exists()
+        });
+    }
+
+    pub fn var(&self, name: &str) -> String {
+        self.env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+
+    /// A command that runs inside the session (its user, environment and bus).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = match self.user {
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={gid}"),
+                    "--clear-groups",
+                    "--",
+                    program,
+                ]);
+                c
+            }
+            None => Command::new(program),
+        };
+        c.env_clear();
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn busctl(&self, args: &[&str]) -> String {
+        let out = self
+            .command("busctl")
+            .arg("--user")
+            .args(args)
+            .output()
+            .expect("busctl (systemd) is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Registered StatusNotifierItems ("<bus name>/<path>").
+    pub fn tray_items(&self) -> Vec<String> {
+        let out = self.busctl(&[
+            "--json=short",
+            "get-property",
+            "org.kde.StatusNotifierWatcher",
+            "/StatusNotifierWatcher",
+            "org.kde.StatusNotifierWatcher",
+            "RegisteredStatusNotifierItems",
+        ]);
+        serde_json::from_str::<Value>(&out)
+            .ok()
+            .and_then(|v| v["data"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// The dbusmenu layout of a tray item's menu, as JSON.
+    pub fn menu(&self, bus_name: &str) -> Value {
+        let out = self.busctl(&[
+            "--json=short",
+            "call",
+            bus_name,
+            "/MenuBar",
+            "com.canonical.dbusmenu",
+            "GetLayout",
+            "iias",
+            "--",
+            "0",
+            "-1",
+            "0",
+        ]);
+        serde_json::from_str(&out).unwrap_or(Value::Null)
+    }
+
+    /// Clicks a dbusmenu item by id, as a tray host does.
+    pub fn click(&self, bus_name: &str, id: i64) {
+        let out = self
+            .command("busctl")
+            .args([
+                "--user",
+                "call",
+                bus_name,
+                "/MenuBar",
+                "com.canonical.dbusmenu",
+                "Event",
+                "isvu",
+            ])
+            .arg(id.to_string())
+            .args(["clicked", "s", "", "0"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dbusmenu click: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn screenshot(&self, name: &str) -> PathBuf {
+        let path = artifacts().join(name);
+        let out = match self.kind {
+            Kind::X11 => self
+                .command("import")
+                .args(["-window", "root"])
+                .arg(&path)
+                .output(),
+            Kind::Wayland => {
+                let tmp = self.home.join("shot.png");
+                let o = self.command("grim").arg(&tmp).output();
+                if o.as_ref().is_ok_and(|o| o.status.success()) {
+                    std::fs::copy(&tmp, &path).unwrap();
+                }
+                o
+            }
+        }
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "screenshot: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+
+    /// Text of the notifications the daemon has shown.
+    pub fn notifications(&self) -> String {
+        let _ = self.command("dunstctl").arg("close-all").output();
+        let out = self.command("dunstctl").arg("history").output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut().rev() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // Everything the session's user started (sway's children, waybar, xfconfd…).
+        if let Some((uid, _)) = self.user {
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-U", &uid.to_string()])
+                .status();
+        }
+        if let Some(addr) = self
+            .env
+            .iter()
+            .find(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS")
+        {
+            let _ = Command::new("pkill")
+                .args(["-f", &format!("DBUS_SESSION_BUS_ADDRESS={}", addr.1)])
+                .status();
+        }
+    }
+}
+
+fn chown_r(p: &Path, uid: u32, gid: u32) {
+    let _ = std::os::unix::fs::lchown(p, Some(uid), Some(gid));
+    if p.is_dir() && !p.is_symlink() {
+        for e in std::fs::read_dir(p).unwrap().flatten() {
+            chown_r(&e.path(), uid, gid);
+        }
+    }
+}
+
+/// Finds a menu item id whose label contains `label`, below an item whose label contains
+/// `parent` (or anywhere when `parent` is empty).
+pub fn find_item(layout: &Value, parent: &str, label: &str) -> Option<i64> {
+    fn walk(node: &Value, under: bool, parent: &str, label: &str) -> Option<i64> {
+        // A dbusmenu node is [id, {props}, [children as variants]].
+        let arr = node.as_array()?;
+        let id = arr.first()?.as_i64()?;
+        let props = arr.get(1)?;
+        let text = props["label"]["data"].as_str().unwrap_or("");
+        let here_under = under || (!parent.is_empty() && text.contains(parent));
+        if (parent.is_empty() || under) && text.contains(label) {
+            return Some(id);
+        }
+        for child in arr.get(2)?.as_array()? {
+            let inner = child.get("data").unwrap_or(child);
+            if let Some(found) = walk(inner, here_under, parent, label) {
+                return Some(found);
+            }
+        }
+        None
+    }
+    let root = layout["data"].get(1)?;
+    walk(root, false, parent, label)
+}
+
+/// Every label in a dbusmenu layout.
+pub fn labels(layout: &Value) -> Vec<String> {
+    fn walk(node: &Value, out: &mut Vec<String>) {
+        let Some(arr) = node.as_array() else { return };
+        if let Some(t) = arr.get(1).and_then(|p| p["label"]["data"].as_str()) {
+            out.push(t.to_string());
+        }
+        if let Some(children) = arr.get(2).and_then(|c| c.as_array()) {
+            for c in children {
+                walk(c.get("data").unwrap_or(c), out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(root) = layout["data"].get(1) {
+        walk(root, &mut out);
+    }
+    out
+}
+
+/// The test hook file the app appends to, read back as JSON lines.
+pub struct Hook(pub PathBuf);
+
+impl Hook {
+    pub fn events(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    pub fn wait(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.events().into_iter().find(|v| pred(v)) {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; hook saw: {:?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.events().iter().filter(|v| pred(v)).count()
+    }
+}

@@ -1,0 +1,346 @@
+//! The desktop app in real sessions: X11 (Xvfb + openbox + xfce4-panel) and Wayland (headless
+//! sway + waybar), with a real session bus and a real notification daemon (dunst).
+//! Screenshots are written to target/test-artifacts/.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::desktop::{find_item, labels, Hook, Kind, Session};
+use common::guest::{read_image, Behaviour, TestVm};
+use common::images::{checksum, reads_pattern};
+use common::{bin, testbed_shared, virsh};
+use vmoverlay::demo;
+
+struct App(Child);
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_app(s: &Session, args: &[&str]) -> (App, Hook) {
+    let hook = Hook(s.home.join("hook.jsonl"));
+    let log = std::fs::File::create(s.home.join("app.log")).unwrap();
+    let child = s
+        .command(bin())
+        .args(args)
+        .env("VMOVERLAY_TEST_HOOK", &hook.0)
+        .env("RUST_LOG", "vmoverlay=info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (App(child), hook)
+}
+
+fn our_item(s: &Session) -> String {
+    let items = s.tray_items();
+    assert_eq!(items.len(), 1, "exactly our item is registered: {items:?}");
+    items[0].split('/').next().unwrap().to_string()
+}
+
+fn wait_menu(
+    s: &Session,
+    item: &str,
+    what: &str,
+    pred: impl Fn(&[String]) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let layout = s.menu(item);
+        if pred(&labels(&layout)) {
+            return layout;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tray menu never showed {what}: {:?}; raw: {}",
+            labels(&layout),
+            layout.to_string().chars().take(1500).collect::<String>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn demo_dir(s: &Session) -> std::path::PathBuf {
+    s.home.join(".cache/vmoverlay/demo")
+}
+
+fn xdotool(s: &Session, args: &[&str]) -> String {
+    let out = s.command("xdotool").args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Clicks one of the prompt's three responses (Discard | Later | Commit, left to right) with
+/// the mouse, as a person would.
+fn click_response(s: &Session, title: &str, response: &str) {
+    let win = xdotool(s, &["search", "--name", title]);
+    let win = win
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no window named {title:?}"))
+        .to_string();
+    let geo = xdotool(s, &["getwindowgeometry", "--shell", &win]);
+    let val = |k: &str| -> i64 {
+        geo.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {geo}"))
+    };
+    let column = match response {
+        "discard" => 1,
+        "later" => 3,
+        "commit" => 5,
+        other => panic!("no response {other}"),
+    };
+    let x = val("X") + val("WIDTH") * column / 6;
+    let y = val("Y") + val("HEIGHT") - 27;
+    xdotool(
+        s,
+        &["mousemove", &x.to_string(), &y.to_string(), "click", "1"],
+    );
+}
+
+fn is(v: &serde_json::Value, event: &str, vm: &str) -> bool {
+    v["event"] == event && v["vm"] == vm
+}
+
+#[test]
+fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
+    let s = Session::start(Kind::X11);
+    let (_app, hook) = start_app(&s, &["--demo"]);
+    hook.wait("tray-ready", Duration::from_secs(20), |v| {
+        v["event"] == "tray-ready"
+    });
+    let item = our_item(&s);
+    wait_menu(&s, &item, "the demo guest running", |l| {
+        l.iter().any(|t| t.starts_with("demo-guest — running"))
+    });
+    // The tray menu as xfce4-panel shows it (right click on the item).
+    xdotool(&s, &["mousemove", "12", "16", "click", "3"]);
+    std::thread::sleep(Duration::from_millis(800));
+    s.screenshot("x11-tray-menu.png");
+    xdotool(&s, &["key", "Escape"]);
+
+    // The demo guest shuts itself down: the prompt appears at once.
+    hook.wait("the prompt", Duration::from_secs(30), |v| {
+        is(v, "prompt-mapped", demo::DOMAIN)
+    });
+    let win = xdotool(&s, &["search", "--name", "demo-guest has shut down"]);
+    assert!(!win.is_empty(), "the dialog is a mapped X11 window");
+    std::thread::sleep(Duration::from_millis(300));
+    s.screenshot("x11-prompt.png");
+    let layout = s.menu(&item);
+    assert!(
+        labels(&layout)
+            .iter()
+            .any(|l| l.contains("12.0 MiB changed, decision pending")),
+        "{:?}",
+        labels(&layout)
+    );
+
+    click_response(&s, "demo-guest has shut down", "commit");
+    let done = hook.wait("the commit", Duration::from_secs(30), |v| {
+        is(v, "job-done", demo::DOMAIN)
+    });
+    assert_eq!(done["extra"]["op"], "commit");
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    let base = demo_dir(&s).join("base.qcow2");
+    let overlay = demo_dir(&s).join("demo-guest.qcow2");
+    assert!(
+        reads_pattern(&base, demo::GUEST_PATTERN, "16M", "12M"),
+        "the guest's writes are in the base"
+    );
+    assert!(reads_pattern(&base, 0xaa, "0", "4M"));
+    assert_eq!(common::images::changed(&overlay), 0);
+    let notes = s.notifications();
+    assert!(notes.contains("demo-guest: changes committed"), "{notes}");
+
+    // Start it again from the tray; it writes and shuts down; then "Discard now" in its submenu.
+    let layout = s.menu(&item);
+    s.click(
+        &item,
+        find_item(&layout, "", "Start the demo guest").expect("demo start item"),
+    );
+    hook.wait("the second prompt", Duration::from_secs(30), |v| {
+        is(v, "prompt-mapped", demo::DOMAIN)
+    });
+    wait_menu(&s, &item, "pending", |l| {
+        l.iter().any(|t| t.contains("8.0 MiB changed"))
+    });
+    let base_before = checksum(&base);
+    let layout = s.menu(&item);
+    let discard = find_item(&layout, "demo-guest —", "Discard now").expect("Discard now item");
+    s.click(&item, discard);
+    let n = |v: &serde_json::Value| is(v, "job-done", demo::DOMAIN);
+    hook.wait("the discard", Duration::from_secs(30), |v| {
+        n(v) && v["extra"]["op"] == "discard"
+    });
+    assert_eq!(
+        checksum(&base),
+        base_before,
+        "discard leaves the base byte-identical"
+    );
+    assert_eq!(common::images::changed(&overlay), 0);
+    assert!(
+        hook.count(|v| is(v, "prompt-closed", demo::DOMAIN)) >= 1,
+        "the open prompt went away"
+    );
+}
+
+#[test]
+fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
+    let s = Session::start(Kind::Wayland);
+    let (_app, hook) = start_app(&s, &["--demo"]);
+    hook.wait("tray-ready", Duration::from_secs(20), |v| {
+        v["event"] == "tray-ready"
+    });
+    let item = our_item(&s);
+    let layout = wait_menu(&s, &item, "the demo guest", |l| {
+        l.iter().any(|t| t.starts_with("demo-guest — running"))
+    });
+    for expected in [
+        "Show status",
+        "Start at login",
+        "Quit",
+        "Shut down the demo guest",
+    ] {
+        assert!(
+            labels(&layout).iter().any(|l| l == expected),
+            "{expected}: {:?}",
+            labels(&layout)
+        );
+    }
+    // Shut it down from the tray rather than waiting for the timer.
+    s.click(
+        &item,
+        find_item(&layout, "", "Shut down the demo guest").unwrap(),
+    );
+    hook.wait("the prompt", Duration::from_secs(20), |v| {
+        is(v, "prompt-mapped", demo::DOMAIN)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    s.screenshot("wayland-prompt.png");
+    let layout = wait_menu(&s, &item, "decision pending", |l| {
+        l.iter().any(|t| t.contains("decision pending"))
+    });
+    s.click(
+        &item,
+        find_item(&layout, "demo-guest —", "Discard now").unwrap(),
+    );
+    let done = hook.wait("the discard", Duration::from_secs(30), |v| {
+        is(v, "job-done", demo::DOMAIN)
+    });
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    let overlay = demo_dir(&s).join("demo-guest.qcow2");
+    assert_eq!(common::images::changed(&overlay), 0);
+    // "Start at login" writes the XDG autostart entry, and removes it again.
+    let autostart = s
+        .home
+        .join(".config/autostart/io.github.vmoverlay.VMOverlay.desktop");
+    let toggle = find_item(&s.menu(&item), "", "Start at login").unwrap();
+    s.click(&item, toggle);
+    common_wait(|| autostart.exists(), "autostart entry");
+    s.click(&item, toggle);
+    common_wait(|| !autostart.exists(), "autostart entry removed");
+}
+
+fn common_wait(f: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn x11_real_guest_prompt_commit_forced_warning_and_no_prompt_for_save() {
+    let bed = testbed_shared();
+    let s = Session::start(Kind::X11);
+    let clean = TestVm::define(
+        &bed.uri,
+        "vmo-ui-clean",
+        &Behaviour {
+            marker: Some("UI-COMMIT-MARK".into()),
+            offset: 3 << 20,
+            hold_secs: 0,
+        },
+    );
+    let hold = Behaviour {
+        marker: Some("FORCED-MARK".into()),
+        offset: 3 << 20,
+        hold_secs: 600,
+    };
+    let forced = TestVm::define(&bed.uri, "vmo-ui-forced", &hold);
+    let saved = TestVm::define(&bed.uri, "vmo-ui-saved", &hold);
+    let (_app, hook) = start_app(&s, &["--connect", &bed.uri]);
+    hook.wait("tray-ready", Duration::from_secs(20), |v| {
+        v["event"] == "tray-ready"
+    });
+    let item = our_item(&s);
+    wait_menu(&s, &item, "the test VMs", |l| {
+        l.iter().any(|t| t.starts_with("vmo-ui-clean"))
+    });
+
+    // A clean guest power-off: the prompt; Commit through the dialog puts the marker in the base.
+    clean.start();
+    hook.wait("the prompt", Duration::from_secs(90), |v| {
+        is(v, "prompt-mapped", &clean.name)
+    });
+    let p = hook
+        .events()
+        .into_iter()
+        .find(|v| is(v, "prompt-mapped", &clean.name))
+        .unwrap();
+    assert_eq!(p["extra"]["forced"], serde_json::Value::Null);
+    click_response(&s, "vmo-ui-clean has shut down", "commit");
+    let done = hook.wait("the commit", Duration::from_secs(60), |v| {
+        is(v, "job-done", &clean.name)
+    });
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    assert_eq!(read_image(&clean.base, 3 << 20, 14), b"UI-COMMIT-MARK");
+
+    // A forced destroy: the warning variant, Discard suggested.
+    forced.start();
+    common_wait(
+        || read_image(&forced.overlay, 3 << 20, 11) == b"FORCED-MARK",
+        "the guest's write",
+    );
+    forced.destroy();
+    hook.wait("the forced prompt", Duration::from_secs(30), |v| {
+        is(v, "prompt-mapped", &forced.name)
+    });
+    let p = hook
+        .events()
+        .into_iter()
+        .find(|v| is(v, "prompt-mapped", &forced.name))
+        .unwrap();
+    assert_eq!(p["extra"]["forced"], "destroyed");
+    assert!(!xdotool(&s, &["search", "--name", "vmo-ui-forced was forced off"]).is_empty());
+    std::thread::sleep(Duration::from_millis(300));
+    s.screenshot("x11-forced-prompt.png");
+
+    // A managed save: no prompt, overlay untouched.
+    saved.start();
+    common_wait(
+        || read_image(&saved.overlay, 3 << 20, 11) == b"FORCED-MARK",
+        "the guest's write",
+    );
+    let before = checksum(&saved.overlay);
+    virsh(&bed.uri, &["managedsave", &saved.name]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        hook.count(|v| is(v, "prompt-mapped", &saved.name)),
+        0,
+        "no prompt for a saved VM"
+    );
+    assert_eq!(checksum(&saved.overlay), before);
+    let _ = Command::new("virsh")
+        .args(["-q", "-c", &bed.uri, "managedsave-remove", &saved.name])
+        .output();
+}
