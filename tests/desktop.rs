@@ -130,7 +130,7 @@ fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
     });
     let win = xdotool(&s, &["search", "--name", "demo-guest has shut down"]);
     assert!(!win.is_empty(), "the dialog is a mapped X11 window");
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1000));
     s.screenshot("x11-prompt.png");
     let layout = s.menu(&item);
     assert!(
@@ -221,7 +221,8 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
     hook.wait("the prompt", Duration::from_secs(20), |v| {
         is(v, "prompt-mapped", demo::DOMAIN)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The first frame under sway's software renderer takes a moment after the map.
+    std::thread::sleep(Duration::from_millis(2000));
     s.screenshot("wayland-prompt.png");
     let layout = wait_menu(&s, &item, "decision pending", |l| {
         l.iter().any(|t| t.contains("decision pending"))
@@ -322,7 +323,7 @@ fn x11_real_guest_prompt_commit_forced_warning_and_no_prompt_for_save() {
         .unwrap();
     assert_eq!(p["extra"]["forced"], "destroyed");
     assert!(!xdotool(&s, &["search", "--name", "vmo-ui-forced was forced off"]).is_empty());
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(1000));
     s.screenshot("x11-forced-prompt.png");
 
     // A managed save: no prompt, overlay untouched.

@@ -26,7 +26,10 @@ install_packages() {
         qemu-system-x86 "qemu-utils=$v" \
         linux-image-cloud-amd64 busybox-static \
         libgtk-4-dev libadwaita-1-dev meson gettext \
-        pkg-config gcc util-linux bsdutils procps
+        pkg-config gcc util-linux bsdutils procps \
+        xvfb xauth dbus dbus-x11 systemd openbox xfce4-panel xdotool imagemagick \
+        sway waybar grim dunst fonts-dejavu-core adwaita-icon-theme \
+        desktop-file-utils appstream
 }
 
 running() {
