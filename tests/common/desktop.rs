@@ -33,6 +33,8 @@ const PANEL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 pub enum Kind {
     X11,
     Wayland,
+    /// X11 without any tray host (GNOME without the AppIndicator extension).
+    X11NoTray,
 }
 
 pub struct Session {
@@ -91,7 +93,7 @@ impl Session {
         )
         .unwrap();
         let user = match kind {
-            Kind::X11 => None,
+            Kind::X11 | Kind::X11NoTray => None,
             Kind::Wayland => Some((65534, 65534)), // nobody:nogroup
         };
         if let Some((uid, gid)) = user {
@@ -129,7 +131,8 @@ impl Session {
         };
         s.start_dbus();
         match kind {
-            Kind::X11 => s.start_x11(),
+            Kind::X11 => s.start_x11(true),
+            Kind::X11NoTray => s.start_x11(false),
             Kind::Wayland => s.start_wayland(),
         }
         let dunst = s
@@ -139,10 +142,12 @@ impl Session {
             .spawn()
             .expect("dunst is installed");
         s.children.push(dunst);
-        wait_for("the StatusNotifierWatcher", Duration::from_secs(20), || {
-            s.busctl(&["list", "--no-pager"])
-                .contains("org.kde.StatusNotifierWatcher")
-        });
+        if kind != Kind::X11NoTray {
+            wait_for("the StatusNotifierWatcher", Duration::from_secs(20), || {
+                s.busctl(&["list", "--no-pager"])
+                    .contains("org.kde.StatusNotifierWatcher")
+            });
+        }
         wait_for("the notification daemon", Duration::from_secs(20), || {
             s.busctl(&["list", "--no-pager"])
                 .contains("org.freedesktop.Notifications")
@@ -167,7 +172,7 @@ impl Session {
         self.children.push(child);
     }
 
-    fn start_x11(&mut self) {
+    fn start_x11(&mut self, with_panel: bool) {
         let n = free_display();
         let xvfb = Command::new("Xvfb")
             .arg(format!(":{n}"))
@@ -182,7 +187,12 @@ impl Session {
         });
         self.env.push(("DISPLAY".into(), format!(":{n}")));
         self.env.push(("GDK_BACKEND".into(), "x11".into()));
-        for prog in ["openbox", "xfce4-panel"] {
+        let progs: &[&str] = if with_panel {
+            &["openbox", "xfce4-panel"]
+        } else {
+            &["openbox"]
+        };
+        for prog in progs {
             let c = self
                 .command(prog)
                 .stdout(Stdio::null())
@@ -338,7 +348,7 @@ impl Session {
     pub fn screenshot(&self, name: &str) -> PathBuf {
         let path = artifacts().join(name);
         let out = match self.kind {
-            Kind::X11 => self
+            Kind::X11 | Kind::X11NoTray => self
                 .command("import")
                 .args(["-window", "root"])
                 .arg(&path)
