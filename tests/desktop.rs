@@ -237,6 +237,17 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
     assert_eq!(done["extra"]["ok"], true, "{done}");
     let overlay = demo_dir(&s).join("demo-guest.qcow2");
     assert_eq!(common::images::changed(&overlay), 0);
+    // A second launch hands its arguments to the running instance and exits.
+    let second = s
+        .command(bin())
+        .args(["--connect", "test:///default"])
+        .output()
+        .unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    wait_menu(&s, &item, "the second launch's VM", |l| {
+        l.iter().any(|t| t.starts_with("test — running"))
+    });
+    assert_eq!(s.tray_items().len(), 1, "still one instance");
     // "Start at login" writes the XDG autostart entry, and removes it again.
     let autostart = s
         .home
