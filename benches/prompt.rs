@@ -8,7 +8,6 @@
 //! Options: `--runs N` (default 20), `--idle-secs N` (default 60).
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -59,10 +58,18 @@ fn ms(d: Duration) -> String {
 fn cpu_secs(pid: u32, with_children: bool) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<f64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    let f: Vec<f64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
     // Fields after the comm: state=0, … utime=11, stime=12, cutime=13, cstime=14.
-    let ticks = f.get(11).unwrap_or(&0.0) + f.get(12).unwrap_or(&0.0)
-        + if with_children { f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0) } else { 0.0 };
+    let ticks = f.get(11).unwrap_or(&0.0)
+        + f.get(12).unwrap_or(&0.0)
+        + if with_children {
+            f.get(13).unwrap_or(&0.0) + f.get(14).unwrap_or(&0.0)
+        } else {
+            0.0
+        };
     ticks / 100.0
 }
 
@@ -79,7 +86,9 @@ fn rss_kib(pid: u32) -> u64 {
 fn children_of(pid: u32) -> Vec<u32> {
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
         let ppid = stat
             .rsplit_once(')')
@@ -114,7 +123,9 @@ fn main() {
             .spawn()
             .unwrap(),
     );
-    hook.wait("tray", Duration::from_secs(30), |v| v["event"] == "tray-ready");
+    hook.wait("tray", Duration::from_secs(30), |v| {
+        v["event"] == "tray-ready"
+    });
 
     // libvirt's own timestamps of the Stopped events.
     let mut events = Kill(
@@ -146,7 +157,9 @@ fn main() {
                 .args(["-q", "-c", &uri, "list", "--name", "--state-running"])
                 .output()
                 .unwrap();
-            let running = String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == name);
+            let running = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.trim() == name);
             if was_running && !running {
                 let _ = ptx.send(SystemTime::now());
             }
@@ -161,7 +174,9 @@ fn main() {
     for run in 0..runs as usize {
         let before = hook.count(|v| v["event"] == "prompt-mapped" && v["vm"] == vm.name.as_str());
         vm.start();
-        let stopped = stops.recv_timeout(Duration::from_secs(120)).expect("the guest stopped");
+        let stopped = stops
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the guest stopped");
         let deadline = Instant::now() + Duration::from_secs(30);
         let mapped = loop {
             let mapped: Vec<_> = hook
@@ -181,7 +196,11 @@ fn main() {
             Err(_) => missed_by_poller += 1,
         }
         // Answer "Later" (Escape is the dialog's close response) so the next stop asks again.
-        let w = s.command("xdotool").args(["search", "--name", "has shut down"]).output().unwrap();
+        let w = s
+            .command("xdotool")
+            .args(["search", "--name", "has shut down"])
+            .output()
+            .unwrap();
         for id in String::from_utf8_lossy(&w.stdout).lines() {
             let _ = s
                 .command("xdotool")
@@ -224,10 +243,23 @@ fn main() {
 
     println!("| measurement ({runs} guest shutdowns) | p50 | p99 | max |");
     println!("|---|---|---|---|");
-    let (p50, p99, max) = (percentile(&mut prompt, 0.5), percentile(&mut prompt, 0.99), *prompt.iter().max().unwrap());
-    println!("| VM Overlay: libvirt Stopped event -> dialog mapped | {} | {} | {} |", ms(p50), ms(p99), ms(max));
+    let (p50, p99, max) = (
+        percentile(&mut prompt, 0.5),
+        percentile(&mut prompt, 0.99),
+        *prompt.iter().max().unwrap(),
+    );
+    println!(
+        "| VM Overlay: libvirt Stopped event -> dialog mapped | {} | {} | {} |",
+        ms(p50),
+        ms(p99),
+        ms(max)
+    );
     if !polling.is_empty() {
-        let (p50, p99, max) = (percentile(&mut polling, 0.5), percentile(&mut polling, 0.99), *polling.iter().max().unwrap());
+        let (p50, p99, max) = (
+            percentile(&mut polling, 0.5),
+            percentile(&mut polling, 0.99),
+            *polling.iter().max().unwrap(),
+        );
         println!(
             "| 5 s `virsh list` polling: Stopped event -> stop noticed ({} of {runs} seen) | {} | {} | {} |",
             polling.len(),
@@ -242,6 +274,15 @@ fn main() {
     println!();
     println!("| idle for {idle} s, no VM running | CPU time | processes spawned | RSS |");
     println!("|---|---|---|---|");
-    println!("| VM Overlay (app, tray, monitor) | {:.2} s | {} | {} MiB |", cpu1 - cpu0, seen.len(), rss / 1024);
-    println!("| 5 s `virsh list` polling loop (sh + virsh) | {:.2} s | {} | – |", base1 - base0, base_seen.len());
+    println!(
+        "| VM Overlay (app, tray, monitor) | {:.2} s | {} | {} MiB |",
+        cpu1 - cpu0,
+        seen.len(),
+        rss / 1024
+    );
+    println!(
+        "| 5 s `virsh list` polling loop (sh + virsh) | {:.2} s | {} | – |",
+        base1 - base0,
+        base_seen.len()
+    );
 }

@@ -188,6 +188,17 @@ fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
         hook.count(|v| is(v, "prompt-closed", demo::DOMAIN)) >= 1,
         "the open prompt went away"
     );
+
+    // "Show status" opens the status window with the VM and its last result.
+    let layout = s.menu(&item);
+    s.click(&item, find_item(&layout, "", "Show status").unwrap());
+    common_wait(
+        || !xdotool(&s, &["search", "--onlyvisible", "--name", "^VM Overlay$"]).is_empty(),
+        "the status window",
+    );
+    // A new window's first frame under Xvfb's software rendering takes a moment.
+    std::thread::sleep(Duration::from_millis(2500));
+    s.screenshot("x11-status.png");
 }
 
 #[test]
@@ -243,7 +254,11 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
         .args(["--connect", "test:///default"])
         .output()
         .unwrap();
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     wait_menu(&s, &item, "the second launch's VM", |l| {
         l.iter().any(|t| t.starts_with("test — running"))
     });

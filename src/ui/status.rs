@@ -17,6 +17,8 @@ pub struct Row {
     pub subtitle: String,
     pub progress: Option<f64>,
     pub can_act: bool,
+    /// The last operation's result (status window only; the tray keeps labels short).
+    pub last: Option<String>,
 }
 
 impl Row {
@@ -54,6 +56,7 @@ impl Row {
             key: key.clone(),
             subtitle: parts.join(", "),
             progress: vm.job.as_ref().map(|j| j.progress),
+            last: vm.last_result.clone(),
             can_act: !vm.active
                 && vm.job.is_none()
                 && vm.changed.is_some_and(|n| n > 0)
@@ -126,7 +129,10 @@ impl StatusWindow {
         for r in rows {
             let row = adw::ActionRow::builder()
                 .title(&r.key.name)
-                .subtitle(format!("{} · {}", r.subtitle, r.key.uri))
+                .subtitle(match &r.last {
+                    Some(last) => format!("{}\nLast: {last}\n{}", r.subtitle, r.key.uri),
+                    None => format!("{}\n{}", r.subtitle, r.key.uri),
+                })
                 .build();
             if let Some(p) = r.progress {
                 let bar = gtk::ProgressBar::builder()
