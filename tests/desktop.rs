@@ -164,11 +164,28 @@ fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
         &item,
         find_item(&layout, "", "Start the demo guest").expect("demo start item"),
     );
-    hook.wait("the second prompt", Duration::from_secs(30), |v| {
+    hook.wait_count("the second prompt", Duration::from_secs(30), 2, |v| {
+        is(v, "prompt-mapped", demo::DOMAIN)
+    });
+    // Starting the VM again closes the open prompt; the decision stays pending.
+    let layout = s.menu(&item);
+    s.click(
+        &item,
+        find_item(&layout, "", "Start the demo guest").unwrap(),
+    );
+    hook.wait("the prompt to go away", Duration::from_secs(10), |v| {
+        is(v, "prompt-closed", demo::DOMAIN)
+    });
+    common_wait(
+        || xdotool(&s, &["search", "--onlyvisible", "--name", "has shut down"]).is_empty(),
+        "the dialog to be unmapped",
+    );
+    hook.wait_count("the third prompt", Duration::from_secs(30), 3, |v| {
         is(v, "prompt-mapped", demo::DOMAIN)
     });
     wait_menu(&s, &item, "pending", |l| {
-        l.iter().any(|t| t.contains("8.0 MiB changed"))
+        l.iter()
+            .any(|t| t.contains("8.0 MiB changed, decision pending"))
     });
     let base_before = checksum(&base);
     let layout = s.menu(&item);

@@ -484,6 +484,25 @@ impl Hook {
         }
     }
 
+    /// Waits until at least `n` events match.
+    pub fn wait_count(
+        &self,
+        what: &str,
+        timeout: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        while self.count(&pred) < n {
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what} ({n} events); hook saw: {:?}",
+                self.events()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
         self.events().iter().filter(|v| pred(v)).count()
     }
