@@ -6,6 +6,10 @@
 //!
 //! Options: `--mib N` (dirty size, default 1024), `--rounds N` (default 3), `--domains N` (100).
 
+#[path = "support/args.rs"]
+mod args;
+use args::arg;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -13,15 +17,6 @@ use std::time::{Duration, Instant};
 use vmoverlay::overlay::{
     chain::inspect_overlay, ops, DomainCheck, EngineError, Journal, OpKind, Request,
 };
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The bench's images belong to no libvirt domain.
 struct NoDomain;

@@ -5,19 +5,14 @@
 //!
 //! Options: `--events N` (default 10000), `--domains N` (default 1000), `--rounds N` (5).
 
+#[path = "support/args.rs"]
+mod args;
+use args::arg;
+
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use vmoverlay::libvirt::{Model, Monitor, MonitorConfig, MonitorEvent};
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;

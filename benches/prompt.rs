@@ -7,6 +7,10 @@
 //!
 //! Options: `--runs N` (default 20), `--idle-secs N` (default 60).
 
+#[path = "support/args.rs"]
+mod args;
+use args::arg;
+
 #[path = "../tests/common/mod.rs"]
 mod common;
 
@@ -18,15 +22,6 @@ use std::time::{Duration, Instant, SystemTime};
 use common::desktop::{Hook, Kind, Session};
 use common::guest::{Behaviour, TestVm};
 use common::{bin, testbed_shared};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 struct Kill(Child);
 impl Drop for Kill {

@@ -239,22 +239,26 @@ fn sigkill_of_qemu_img_mid_commit_is_completed_from_the_journal() {
     assert!(s.journal.pending().is_empty());
 }
 
-#[test]
-fn an_interrupted_rebuild_is_finished_at_the_next_start() {
-    let s = setup();
-    qemu_io(&s.overlay, &["write -P 0x33 2M 1M"]);
-    // A discard whose process died after journaling, before replacing the overlay.
-    let req = request(&s, OpKind::Discard);
+/// The journal of a discard whose process died after journaling, before replacing the overlay.
+fn journal_interrupted_discard(s: &Setup) {
+    let req = request(s, OpKind::Discard);
     let rec = vmoverlay::overlay::Record {
         op: OpKind::Discard,
-        uri: req.uri.clone(),
-        domain: req.domain.clone(),
-        disk: req.disk.clone(),
+        uri: req.uri,
+        domain: req.domain,
+        disk: req.disk,
         phase: vmoverlay::overlay::journal::Phase::Rebuilding,
         overlay_stamp: vmoverlay::overlay::journal::Stamp::of(&s.overlay).ok(),
         started: "2026-11-22T00:00:00Z".into(),
     };
     s.journal.begin(&rec).unwrap();
+}
+
+#[test]
+fn an_interrupted_rebuild_is_finished_at_the_next_start() {
+    let s = setup();
+    qemu_io(&s.overlay, &["write -P 0x33 2M 1M"]);
+    journal_interrupted_discard(&s);
     // Meanwhile a new operation on the same overlay is refused, not run twice.
     let busy = run(&s, OpKind::Commit).unwrap_err();
     assert_eq!(busy.exit_code(), 6, "{busy}");
@@ -267,17 +271,7 @@ fn an_interrupted_rebuild_is_finished_at_the_next_start() {
 #[test]
 fn a_rebuild_is_not_resumed_over_an_overlay_written_since() {
     let s = setup();
-    let req = request(&s, OpKind::Discard);
-    let rec = vmoverlay::overlay::Record {
-        op: OpKind::Discard,
-        uri: req.uri.clone(),
-        domain: req.domain.clone(),
-        disk: req.disk.clone(),
-        phase: vmoverlay::overlay::journal::Phase::Rebuilding,
-        overlay_stamp: vmoverlay::overlay::journal::Stamp::of(&s.overlay).ok(),
-        started: "2026-11-22T00:00:00Z".into(),
-    };
-    s.journal.begin(&rec).unwrap();
+    journal_interrupted_discard(&s);
     std::thread::sleep(Duration::from_millis(20));
     qemu_io(&s.overlay, &["write -P 0x66 0 1M"]); // a guest ran and wrote after the crash
     let done = overlay::recover(&s.journal, &|_| Ok(Box::new(NoDomain)), &mut |_, _| {});

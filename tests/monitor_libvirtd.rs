@@ -10,6 +10,23 @@ use common::{is_event, testbed_exclusive, testbed_shared, WatchProcess};
 
 const BOOT: Duration = Duration::from_secs(60);
 
+/// A guest that stays up, defined under `name`, with a `watch` already connected.
+fn held_guest_under_watch(uri: &str, name: &str) -> (TestVm, WatchProcess) {
+    let vm = TestVm::define(
+        uri,
+        name,
+        &Behaviour {
+            hold_secs: 600,
+            ..Default::default()
+        },
+    );
+    let mut watch = WatchProcess::start(&[uri]);
+    watch.expect("connected", Duration::from_secs(10), |v| {
+        v["event"] == "connected"
+    });
+    (vm, watch)
+}
+
 #[test]
 fn guest_power_off_is_shutdown_guest_then_stopped_shutdown() {
     let bed = testbed_shared();
@@ -61,18 +78,7 @@ fn guest_power_off_is_shutdown_guest_then_stopped_shutdown() {
 #[test]
 fn destroy_is_stopped_destroyed() {
     let bed = testbed_shared();
-    let vm = TestVm::define(
-        &bed.uri,
-        "vmo-destroy",
-        &Behaviour {
-            hold_secs: 600,
-            ..Default::default()
-        },
-    );
-    let mut watch = WatchProcess::start(&[&bed.uri]);
-    watch.expect("connected", Duration::from_secs(10), |v| {
-        v["event"] == "connected"
-    });
+    let (vm, mut watch) = held_guest_under_watch(&bed.uri, "vmo-destroy");
     vm.start();
     watch.expect("started", Duration::from_secs(10), |v| {
         is_event(v, &vm.name, "started", "booted")
@@ -87,18 +93,7 @@ fn destroy_is_stopped_destroyed() {
 #[test]
 fn a_guest_living_about_a_second_is_reported() {
     let bed = testbed_shared();
-    let vm = TestVm::define(
-        &bed.uri,
-        "vmo-brief",
-        &Behaviour {
-            hold_secs: 600,
-            ..Default::default()
-        },
-    );
-    let mut watch = WatchProcess::start(&[&bed.uri]);
-    watch.expect("connected", Duration::from_secs(10), |v| {
-        v["event"] == "connected"
-    });
+    let (vm, mut watch) = held_guest_under_watch(&bed.uri, "vmo-brief");
     vm.start();
     std::thread::sleep(Duration::from_millis(1000));
     vm.destroy();
