@@ -322,6 +322,12 @@ fn x11_real_guest_prompt_commit_forced_warning_and_no_prompt_for_save() {
     };
     let forced = TestVm::define(&bed.uri, "vmo-ui-forced", &hold);
     let saved = TestVm::define(&bed.uri, "vmo-ui-saved", &hold);
+    // Already off with 768 MiB of changes when the app starts: pending, no dialog.
+    let pending = TestVm::define(&bed.uri, "vmo-ui-pending", &Behaviour::default());
+    for img in [&pending.base, &pending.overlay] {
+        common::images::qemu_img(&["resize", "-q", img.to_str().unwrap(), "1G"]);
+    }
+    common::images::qemu_io(&pending.overlay, &["write -P 0x71 0 768M"]);
     let (_app, hook) = start_app(&s, &["--connect", &bed.uri]);
     hook.wait("tray-ready", Duration::from_secs(20), |v| {
         v["event"] == "tray-ready"
@@ -330,6 +336,31 @@ fn x11_real_guest_prompt_commit_forced_warning_and_no_prompt_for_save() {
     wait_menu(&s, &item, "the test VMs", |l| {
         l.iter().any(|t| t.starts_with("vmo-ui-clean"))
     });
+    let layout = wait_menu(&s, &item, "the VM found pending", |l| {
+        l.iter().any(|t| {
+            // 768 MiB written, plus the zeroed clusters the resize put over the grown base.
+            t.starts_with("vmo-ui-pending — shut off, 1.0 GiB changed, decision pending")
+        })
+    });
+    // "Commit now" from the tray; the commit's progress shows in the tray (and status window).
+    s.click(
+        &item,
+        find_item(&layout, "vmo-ui-pending —", "Commit now").unwrap(),
+    );
+    wait_menu(&s, &item, "commit progress", |l| {
+        l.iter()
+            .any(|t| t.starts_with("vmo-ui-pending — committing"))
+    });
+    let done = hook.wait("the tray's commit", Duration::from_secs(60), |v| {
+        is(v, "job-done", &pending.name)
+    });
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    assert!(reads_pattern(&pending.base, 0x71, "0", "768M"));
+    assert_eq!(
+        hook.count(|v| is(v, "prompt-mapped", &pending.name)),
+        0,
+        "no dialog at startup"
+    );
 
     // A clean guest power-off: the prompt; Commit through the dialog puts the marker in the base.
     clean.start();

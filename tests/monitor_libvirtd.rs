@@ -195,3 +195,38 @@ fn libvirtd_restart_is_no_stop_and_missed_stops_are_reported_once() {
     eprintln!("killed VM reported as {stop}; libvirt says {state}");
     assert!(kept.domstate().starts_with("running"));
 }
+
+#[test]
+fn a_hung_libvirtd_is_detected_by_keepalive_and_never_read_as_a_stop() {
+    let bed = testbed_exclusive();
+    let (vm, mut watch) = held_guest_under_watch(&bed.uri, "vmo-keepalive");
+    vm.start();
+    watch.expect("started", Duration::from_secs(10), |v| {
+        is_event(v, &vm.name, "started", "booted")
+    });
+    // A frozen daemon keeps its socket open: only keepalive (5 s x 3) can tell.
+    struct Thaw<'a>(&'a common::TestbedGuard);
+    impl Drop for Thaw<'_> {
+        fn drop(&mut self) {
+            self.0.thaw_daemon();
+        }
+    }
+    bed.freeze_daemon();
+    let thaw = Thaw(&bed);
+    let ev = watch.expect("disconnected", Duration::from_secs(60), |v| {
+        v["event"] != "resumed"
+    });
+    assert_eq!(ev["event"], "disconnected", "{ev}");
+    assert_eq!(ev["reason"], "keepalive", "{ev}");
+    drop(thaw);
+    watch.expect("connected again", Duration::from_secs(60), |v| {
+        v["event"] == "connected"
+    });
+    let later = watch.collect_for(Duration::from_secs(3));
+    assert!(
+        !watch.seen.iter().any(|v| v["event"] == "stopped"),
+        "a hung daemon was read as a stop: {:?} {later:?}",
+        watch.seen
+    );
+    assert!(vm.domstate().starts_with("running"));
+}

@@ -91,6 +91,12 @@ impl TestbedGuard {
     pub fn start_daemon(&self) {
         testbed("start");
     }
+    pub fn freeze_daemon(&self) {
+        testbed("freeze");
+    }
+    pub fn thaw_daemon(&self) {
+        testbed("thaw");
+    }
 }
 
 pub fn virsh(uri: &str, args: &[&str]) -> String {

@@ -4,6 +4,8 @@
 #   testbed.sh start     start virtlogd + libvirtd if not running; wait until it answers
 #   testbed.sh stop      stop libvirtd (SIGTERM; QEMU processes keep running, as with systemd)
 #   testbed.sh kill      SIGKILL libvirtd (a crash)
+#   testbed.sh freeze    SIGSTOP libvirtd (a hung daemon: its socket stays open)
+#   testbed.sh thaw      SIGCONT libvirtd
 #   testbed.sh uri       print the connection URI of the test bed
 set -euo pipefail
 
@@ -87,6 +89,8 @@ case "${1:-}" in
     start) start ;;
     stop) stop_with TERM ;;
     kill) stop_with KILL ;;
+    freeze) kill -STOP "$(cat "$PIDFILE")" ;;
+    thaw) kill -CONT "$(cat "$PIDFILE")" ;;
     uri) echo "$URI" ;;
     *) echo "usage: $0 install|start|stop|kill|uri" >&2; exit 64 ;;
 esac
