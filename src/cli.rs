@@ -8,6 +8,7 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use crate::i18n::{tr, tr_f};
 use crate::libvirt::domains::LibvirtCheck;
 use crate::libvirt::{self, Model, Monitor, MonitorConfig, MonitorEvent};
 use crate::overlay::{
@@ -140,10 +141,24 @@ fn rfc3339(t: SystemTime) -> String {
 
 fn connect_error(uri: &str, e: &virt::error::Error) -> i32 {
     eprintln!(
-        "vmoverlay: cannot connect to '{uri}': {}. Nothing was changed.",
-        e.message()
+        "vmoverlay: {}",
+        tr_f(
+            "cannot connect to '{uri}': {error}. Nothing was changed.",
+            &[("uri", uri), ("error", e.message())]
+        )
     );
     Exit::Connect as i32
+}
+
+fn not_found(name: &str, uris: &[String]) -> i32 {
+    eprintln!(
+        "vmoverlay: {}",
+        tr_f(
+            "no domain named '{vm}' on {uris}. Nothing was changed.",
+            &[("vm", name), ("uris", &uris.join(", "))]
+        )
+    );
+    Exit::NotFound as i32
 }
 
 /// One managed disk as `status` reports it.
@@ -255,8 +270,11 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
             Ok(d) => d,
             Err(e) => {
                 eprintln!(
-                    "vmoverlay: cannot list domains on '{uri}': {}. Nothing was changed.",
-                    e.message()
+                    "vmoverlay: {}",
+                    tr_f(
+                        "cannot list domains on '{uri}': {error}. Nothing was changed.",
+                        &[("uri", uri), ("error", e.message())]
+                    )
                 );
                 return Exit::Connect as i32;
             }
@@ -265,11 +283,7 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
         rows.extend(par_map(domains, |d| report(&conn, uri, d)));
     }
     if let (Some(name), true) = (only, rows.is_empty()) {
-        eprintln!(
-            "vmoverlay: no domain named '{name}' on {}. Nothing was changed.",
-            uris.join(", ")
-        );
-        return Exit::NotFound as i32;
+        return not_found(name, uris);
     }
     let mut out = std::io::stdout().lock();
     if as_json {
@@ -372,11 +386,7 @@ fn find_domain(
             return Ok((uri.clone(), conn, xml));
         }
     }
-    eprintln!(
-        "vmoverlay: no domain named '{name}' on {}. Nothing was changed.",
-        uris.join(", ")
-    );
-    Err(Exit::NotFound as i32)
+    Err(not_found(name, uris))
 }
 
 fn refuse(e: &EngineError) -> i32 {
@@ -385,7 +395,7 @@ fn refuse(e: &EngineError) -> i32 {
 }
 
 fn confirm(question: &str) -> bool {
-    eprint!("{question} [y/N] ");
+    eprint!("{question} {} ", tr("[y/N]"));
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer).is_ok()
         && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
@@ -461,30 +471,37 @@ fn operate(uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
     if !args.yes {
         if !std::io::stdin().is_terminal() {
             eprintln!(
-                "vmoverlay: refusing to {} without --yes when not run from a terminal. Nothing was changed.",
-                op.word()
+                "vmoverlay: {}",
+                tr_f(
+                    "refusing to {operation} without --yes when not run from a terminal. Nothing was changed.",
+                    &[("operation", op.word())]
+                )
             );
             return EXIT_NOT_CONFIRMED;
         }
         for (req, changed) in &plan {
             let question = match op {
-                OpKind::Commit => format!(
-                    "Commit {} written by {} ({}) into {}?",
-                    human_bytes(*changed),
-                    req.domain,
-                    req.disk.target,
-                    req.disk.base.display()
+                OpKind::Commit => tr_f(
+                    "Commit {size} written by {vm} ({disk}) into {base}?",
+                    &[
+                        ("size", &human_bytes(*changed)),
+                        ("vm", &req.domain),
+                        ("disk", &req.disk.target),
+                        ("base", &req.disk.base.display().to_string()),
+                    ],
                 ),
-                OpKind::Discard => format!(
-                    "Discard {} written by {} ({}) to {}?",
-                    human_bytes(*changed),
-                    req.domain,
-                    req.disk.target,
-                    req.disk.overlay.display()
+                OpKind::Discard => tr_f(
+                    "Discard {size} written by {vm} ({disk}) to {overlay}?",
+                    &[
+                        ("size", &human_bytes(*changed)),
+                        ("vm", &req.domain),
+                        ("disk", &req.disk.target),
+                        ("overlay", &req.disk.overlay.display().to_string()),
+                    ],
                 ),
             };
             if !confirm(&question) {
-                eprintln!("vmoverlay: not confirmed. Nothing was changed.");
+                eprintln!("vmoverlay: {}", tr("not confirmed. Nothing was changed."));
                 return EXIT_NOT_CONFIRMED;
             }
         }
@@ -619,8 +636,15 @@ fn watch(uris: Vec<String>, as_json: bool) -> Exit {
                     } = &out
                     {
                         eprintln!(
-                            "vmoverlay: cannot connect to '{uri}': {error}; retrying in {:.1} s",
-                            retry_in.as_secs_f64()
+                            "vmoverlay: {}",
+                            tr_f(
+                                "cannot connect to '{uri}': {error}; retrying in {seconds} s",
+                                &[
+                                    ("uri", uri),
+                                    ("error", error),
+                                    ("seconds", &format!("{:.1}", retry_in.as_secs_f64())),
+                                ]
+                            )
                         );
                     }
                     if let Some(line) = watch_line(&out, as_json) {

@@ -7,6 +7,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod i18n;
 pub mod libvirt;
 pub mod overlay;
 pub mod settings;

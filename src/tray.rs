@@ -3,6 +3,7 @@
 //! the tray only when the state it shows changes.
 
 use crate::app::{Summary, VmKey};
+use crate::i18n::tr;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrayAction {
@@ -139,7 +140,7 @@ impl ksni::Tray for VmTray {
         if self.state.vms.is_empty() {
             items.push(
                 StandardItem {
-                    label: "No virtual machines".into(),
+                    label: tr("No virtual machines"),
                     enabled: false,
                     ..Default::default()
                 }
@@ -153,7 +154,7 @@ impl ksni::Tray for VmTray {
                     label: vm.label.clone(),
                     submenu: vec![
                         StandardItem {
-                            label: "Commit now".into(),
+                            label: tr("Commit now"),
                             enabled: vm.can_act,
                             activate: Box::new(move |t: &mut Self| {
                                 let _ = t.tx.try_send(TrayAction::Commit(commit_key.clone()));
@@ -162,7 +163,7 @@ impl ksni::Tray for VmTray {
                         }
                         .into(),
                         StandardItem {
-                            label: "Discard now".into(),
+                            label: tr("Discard now"),
                             enabled: vm.can_act,
                             activate: Box::new(move |t: &mut Self| {
                                 let _ = t.tx.try_send(TrayAction::Discard(discard_key.clone()));
@@ -181,9 +182,9 @@ impl ksni::Tray for VmTray {
             items.push(
                 StandardItem {
                     label: if running {
-                        "Shut down the demo guest".into()
+                        tr("Shut down the demo guest")
                     } else {
-                        "Start the demo guest".into()
+                        tr("Start the demo guest")
                     },
                     activate: Box::new(move |t: &mut Self| {
                         let _ = t.tx.try_send(TrayAction::DemoPower(!running));
@@ -195,7 +196,7 @@ impl ksni::Tray for VmTray {
         }
         items.push(
             StandardItem {
-                label: "Show status".into(),
+                label: tr("Show status"),
                 activate: Box::new(|t: &mut Self| {
                     let _ = t.tx.try_send(TrayAction::ShowStatus);
                 }),
@@ -205,7 +206,7 @@ impl ksni::Tray for VmTray {
         );
         items.push(
             CheckmarkItem {
-                label: "Start at login".into(),
+                label: tr("Start at login"),
                 checked: self.state.autostart,
                 activate: Box::new(|t: &mut Self| {
                     let _ = t.tx.try_send(TrayAction::ToggleAutostart);
@@ -216,7 +217,7 @@ impl ksni::Tray for VmTray {
         );
         items.push(
             StandardItem {
-                label: "Quit".into(),
+                label: tr("Quit"),
                 icon_name: "application-exit".into(),
                 activate: Box::new(|t: &mut Self| {
                     let _ = t.tx.try_send(TrayAction::Quit);

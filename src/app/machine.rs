@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::i18n::tr_f;
 use crate::libvirt::{Lifecycle, MonitorEvent, StateKind, Stopped};
 use crate::overlay::OpKind;
 
@@ -409,8 +410,8 @@ impl Machine {
                 vm.changed = Some(0);
                 vm.last_result = Some(summary.clone());
                 let title = match op {
-                    OpKind::Commit => format!("{}: changes committed", key.name),
-                    OpKind::Discard => format!("{}: changes discarded", key.name),
+                    OpKind::Commit => tr_f("{vm}: changes committed", &[("vm", &key.name)]),
+                    OpKind::Discard => tr_f("{vm}: changes discarded", &[("vm", &key.name)]),
                 };
                 vec![Effect::Notify {
                     title,
@@ -422,7 +423,10 @@ impl Machine {
                 vm.last_result = Some(format!("{} failed: {e}", op.word()));
                 vec![
                     Effect::Notify {
-                        title: format!("{}: {} failed", key.name, op.word()),
+                        title: tr_f(
+                            "{vm}: {operation} failed",
+                            &[("vm", &key.name), ("operation", op.word())],
+                        ),
                         body: e,
                         error: true,
                     },

@@ -13,6 +13,7 @@ use adw::prelude::*;
 use gtk::{gio, glib};
 
 use crate::app::{Effect, Input, InspectReason, Machine, Summary, VmKey};
+use crate::i18n::{tr, tr_f};
 use crate::libvirt::{self, domains::LibvirtCheck, Model, Monitor, MonitorConfig};
 use crate::overlay::{self, JobEvent, Journal, OpKind, Progress, Request};
 use crate::tray::{TrayAction, TrayState, TrayVm, VmTray};
@@ -185,10 +186,9 @@ impl Controller {
                     c.refresh();
                 }
                 Err(e) => {
-                    let msg = format!(
-                        "No system tray is available ({e}). VM Overlay keeps running and still \
-                         asks when a VM shuts down. On GNOME, install the \"AppIndicator and \
-                         KStatusNotifierItem Support\" extension to get its tray icon."
+                    let msg = tr_f(
+                        "No system tray is available ({error}). VM Overlay keeps running and still asks when a VM shuts down. On GNOME, install the \"AppIndicator and KStatusNotifierItem Support\" extension to get its tray icon.",
+                        &[("error", &e.to_string())],
                     );
                     log::warn!("{msg}");
                     test_hook(
@@ -196,7 +196,7 @@ impl Controller {
                         &VmKey::new("", ""),
                         serde_json::json!(e.to_string()),
                     );
-                    c.notify("No system tray", &msg, false);
+                    c.notify(&tr("No system tray"), &msg, false);
                 }
             }
         });
@@ -305,7 +305,7 @@ impl Controller {
             Effect::StartJob { key, op } => self.start_job(key, op),
             Effect::SavePolicy { key, policy } => {
                 if let Err(e) = settings::save_policy(&key, policy) {
-                    self.notify("Could not save the setting", &e, true);
+                    self.notify(&tr("Could not save the setting"), &e, true);
                 }
             }
             Effect::Notify { title, body, error } => self.notify(&title, &body, error),
@@ -379,12 +379,13 @@ impl Controller {
                     match error {
                         Some(e) => Err(e),
                         None => Ok(match op {
-                            OpKind::Commit => {
-                                format!("Committed {} into the base image.", human_bytes(total))
-                            }
-                            OpKind::Discard => format!(
-                                "Discarded {}; the base image is untouched.",
-                                human_bytes(total)
+                            OpKind::Commit => tr_f(
+                                "Committed {size} into the base image.",
+                                &[("size", &human_bytes(total))],
+                            ),
+                            OpKind::Discard => tr_f(
+                                "Discarded {size}; the base image is untouched.",
+                                &[("size", &human_bytes(total))],
                             ),
                         }),
                     }
@@ -410,7 +411,7 @@ impl Controller {
                     (!st.tray_state.autostart, st.uris.clone())
                 };
                 if let Err(e) = settings::set_autostart(enable, &uris) {
-                    self.notify("Could not change start at login", &e, true);
+                    self.notify(&tr("Could not change start at login"), &e, true);
                 }
                 self.state.borrow_mut().tray_state.autostart = settings::autostart_enabled();
                 self.push_tray();
@@ -468,15 +469,18 @@ impl Controller {
                 .filter(|v| v.decision.is_some())
                 .count();
             let busy = st.machine.vms.values().filter(|v| v.job.is_some()).count();
-            let mut tip = format!("{running} running");
+            let mut tip = tr_f("{count} running", &[("count", &running.to_string())]);
             if pending > 0 {
-                tip.push_str(&format!(", {pending} waiting for a decision"));
+                tip.push_str(&tr_f(
+                    ", {count} waiting for a decision",
+                    &[("count", &pending.to_string())],
+                ));
             }
             if busy > 0 {
-                tip.push_str(&format!(", {busy} busy"));
+                tip.push_str(&tr_f(", {count} busy", &[("count", &busy.to_string())]));
             }
             if st.machine.connected.values().any(|c| !c) {
-                tip.push_str(" (reconnecting to libvirt)");
+                tip.push_str(&tr(" (reconnecting to libvirt)"));
             }
             (rows, st.machine.summary(), tip)
         };
@@ -595,16 +599,21 @@ fn recover(journal: &Journal) -> Vec<String> {
     overlay::recover(journal, &make_check, &mut |_, _| {})
         .into_iter()
         .map(|(rec, r)| match r {
-            Ok(_) => format!(
-                "Finished the interrupted {} of {} ({}).",
-                rec.op.word(),
-                rec.domain,
-                rec.disk.target
+            Ok(_) => tr_f(
+                "Finished the interrupted {operation} of {vm} ({disk}).",
+                &[
+                    ("operation", rec.op.word()),
+                    ("vm", &rec.domain),
+                    ("disk", &rec.disk.target),
+                ],
             ),
-            Err(e) => format!(
-                "The interrupted {} of {} is still pending: {e}",
-                rec.op.word(),
-                rec.domain
+            Err(e) => tr_f(
+                "The interrupted {operation} of {vm} is still pending: {error}",
+                &[
+                    ("operation", rec.op.word()),
+                    ("vm", &rec.domain),
+                    ("error", &e.to_string()),
+                ],
             ),
         })
         .collect()

@@ -6,25 +6,26 @@ use adw::prelude::*;
 
 use super::{test_hook, Controller};
 use crate::app::{Choice, Decision, VmKey};
+use crate::i18n::{tr, tr_f};
 use crate::units::human_bytes;
 
 pub fn heading(key: &VmKey, decision: &Decision) -> String {
     match decision.forced {
-        None => format!("{} has shut down", key.name),
-        Some(_) => format!("{} was forced off", key.name),
+        None => tr_f("{vm} has shut down", &[("vm", &key.name)]),
+        Some(_) => tr_f("{vm} was forced off", &[("vm", &key.name)]),
     }
 }
 
 pub fn body(decision: &Decision) -> String {
     let wrote = human_bytes(decision.changed);
     match &decision.forced {
-        None => format!(
-            "It wrote {wrote} to its overlay. Commit these changes into the base image, \
-             or discard them?"
+        None => tr_f(
+            "It wrote {size} to its overlay. Commit these changes into the base image, or discard them?",
+            &[("size", &wrote)],
         ),
-        Some(why) => format!(
-            "It did not shut down cleanly ({why}), so its disk may be inconsistent. \
-             It wrote {wrote} to its overlay. Discarding the changes is suggested."
+        Some(why) => tr_f(
+            "It did not shut down cleanly ({why}), so its disk may be inconsistent. It wrote {size} to its overlay. Discarding the changes is suggested.",
+            &[("why", why), ("size", &wrote)],
         ),
     }
 }
@@ -41,10 +42,11 @@ pub fn show(ctl: &Rc<Controller>, key: &VmKey, decision: &Decision) -> adw::Mess
     // No transient parent: this is a windowless app, and a dialog made transient for a hidden
     // window is kept off screen by window managers (seen with openbox). libadwaita only logs
     // that this is "discouraged".
+    let (discard, later, commit) = (tr("_Discard"), tr("_Later"), tr("_Commit"));
     dialog.add_responses(&[
-        ("discard", "_Discard"),
-        ("later", "_Later"),
-        ("commit", "_Commit"),
+        ("discard", &discard),
+        ("later", &later),
+        ("commit", &commit),
     ]);
     if decision.forced.is_some() {
         dialog.set_response_appearance("discard", adw::ResponseAppearance::Suggested);
@@ -55,7 +57,7 @@ pub fn show(ctl: &Rc<Controller>, key: &VmKey, decision: &Decision) -> adw::Mess
         dialog.set_default_response(Some("commit"));
     }
     dialog.set_close_response("later");
-    let remember = gtk::CheckButton::with_label("Remember for this VM");
+    let remember = gtk::CheckButton::with_label(&tr("Remember for this VM"));
     dialog.set_extra_child(Some(&remember));
 
     let (c, k) = (Rc::downgrade(ctl), key.clone());

@@ -8,6 +8,7 @@ use adw::prelude::*;
 use super::Controller;
 use crate::app::machine::Vm;
 use crate::app::{Choice, VmKey};
+use crate::i18n::{tr, tr_f};
 use crate::units::human_bytes;
 
 /// What the status window and the tray show for one VM.
@@ -25,32 +26,33 @@ impl Row {
     pub fn of(key: &VmKey, vm: &Vm) -> Row {
         let mut parts = Vec::new();
         if let Some(job) = &vm.job {
-            parts.push(format!(
-                "{} {:.0}%",
-                match job.op {
-                    crate::overlay::OpKind::Commit => "committing",
-                    crate::overlay::OpKind::Discard => "discarding",
-                },
-                job.progress * 100.0
-            ));
+            let pct = format!("{:.0}", job.progress * 100.0);
+            parts.push(match job.op {
+                crate::overlay::OpKind::Commit => {
+                    tr_f("committing {percent}%", &[("percent", &pct)])
+                }
+                crate::overlay::OpKind::Discard => {
+                    tr_f("discarding {percent}%", &[("percent", &pct)])
+                }
+            });
         } else if vm.active {
-            parts.push("running".to_string());
+            parts.push(tr("running"));
         } else {
-            parts.push("shut off".to_string());
+            parts.push(tr("shut off"));
         }
         match vm.changed {
-            Some(0) => parts.push("no changes".into()),
-            Some(n) => parts.push(format!("{} changed", human_bytes(n))),
+            Some(0) => parts.push(tr("no changes")),
+            Some(n) => parts.push(tr_f("{size} changed", &[("size", &human_bytes(n))])),
             None => {}
         }
         if let Some(d) = &vm.decision {
             parts.push(match &d.forced {
-                Some(why) => format!("decision pending ({why})"),
-                None => "decision pending".into(),
+                Some(why) => tr_f("decision pending ({why})", &[("why", why)]),
+                None => tr("decision pending"),
             });
         }
         if let Some(why) = &vm.keep_overlay {
-            parts.push(format!("overlay kept: {why}"));
+            parts.push(tr_f("overlay kept: {why}", &[("why", why)]));
         }
         Row {
             key: key.clone(),
@@ -121,8 +123,8 @@ impl StatusWindow {
         if rows.is_empty() {
             self.list.append(
                 &adw::ActionRow::builder()
-                    .title("No virtual machines")
-                    .subtitle("Waiting for libvirt")
+                    .title(tr("No virtual machines"))
+                    .subtitle(tr("Waiting for libvirt"))
                     .build(),
             );
         }
@@ -130,7 +132,12 @@ impl StatusWindow {
             let row = adw::ActionRow::builder()
                 .title(&r.key.name)
                 .subtitle(match &r.last {
-                    Some(last) => format!("{}\nLast: {last}\n{}", r.subtitle, r.key.uri),
+                    Some(last) => format!(
+                        "{}\n{}\n{}",
+                        r.subtitle,
+                        tr_f("Last: {result}", &[("result", last)]),
+                        r.key.uri
+                    ),
                     None => format!("{}\n{}", r.subtitle, r.key.uri),
                 })
                 .build();
@@ -143,11 +150,11 @@ impl StatusWindow {
                 row.add_suffix(&bar);
             }
             for (label, choice, class) in [
-                ("Discard", Choice::Discard, "destructive-action"),
-                ("Commit", Choice::Commit, "suggested-action"),
+                (tr("Discard"), Choice::Discard, "destructive-action"),
+                (tr("Commit"), Choice::Commit, "suggested-action"),
             ] {
                 let b = gtk::Button::builder()
-                    .label(label)
+                    .label(&label)
                     .valign(gtk::Align::Center)
                     .sensitive(r.can_act)
                     .css_classes([class])

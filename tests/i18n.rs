@@ -1,0 +1,154 @@
+//! Translations: POTFILES.in is complete, every language in LINGUAS translates every message
+//! of a freshly extracted template, and the program really speaks them.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::manifest_dir;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+fn potfiles() -> BTreeSet<String> {
+    std::fs::read_to_string(manifest_dir().join("po/POTFILES.in"))
+        .unwrap()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn linguas() -> Vec<String> {
+    std::fs::read_to_string(manifest_dir().join("po/LINGUAS"))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Does the source call `tr(` or `tr_f(` (as a whole word, not `attr(`, and not the
+/// definitions in i18n.rs)?
+fn marks_strings(text: &str) -> bool {
+    ["tr(", "tr_f("].iter().any(|call| {
+        text.match_indices(call).any(|(i, _)| {
+            let before = text[..i].chars().next_back();
+            let word_start = !before.is_some_and(|c| c.is_alphanumeric() || c == '_');
+            let is_definition = text[..i].ends_with("fn ");
+            word_start && !is_definition
+        })
+    })
+}
+
+#[test]
+fn potfiles_lists_every_source_file_with_translatable_strings() {
+    let root = manifest_dir();
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let marked: BTreeSet<String> = files
+        .into_iter()
+        .filter(|p| marks_strings(&std::fs::read_to_string(p).unwrap()))
+        .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert_eq!(
+        potfiles(),
+        marked,
+        "po/POTFILES.in must list exactly the files with tr()/tr_f()"
+    );
+}
+
+fn fresh_template(dir: &Path) -> std::path::PathBuf {
+    let pot = dir.join("vmoverlay.pot");
+    let out = Command::new("xgettext")
+        .args([
+            "--language=C",
+            "--from-code=UTF-8",
+            "--keyword=tr",
+            "--keyword=tr_f",
+            "-o",
+        ])
+        .arg(&pot)
+        .args(potfiles())
+        .current_dir(manifest_dir())
+        .output()
+        .expect("xgettext (gettext) is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    pot
+}
+
+#[test]
+fn every_language_translates_every_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pot = fresh_template(tmp.path());
+    let langs = linguas();
+    assert!(langs.contains(&"ru".to_string()) && langs.contains(&"zh_CN".to_string()));
+    for lang in langs {
+        let po = manifest_dir().join(format!("po/{lang}.po"));
+        let stats = Command::new("msgfmt")
+            .args(["--check", "--statistics", "-o", "/dev/null"])
+            .arg(&po)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&stats.stderr);
+        assert!(stats.status.success(), "{lang}: {text}");
+        assert!(
+            !text.contains("untranslated") && !text.contains("fuzzy"),
+            "{lang}: {text}"
+        );
+        // Every message of the current sources is in the catalogue.
+        let cmp = Command::new("msgcmp").arg(&po).arg(&pot).output().unwrap();
+        assert!(
+            cmp.status.success(),
+            "{lang} is missing messages: {}",
+            String::from_utf8_lossy(&cmp.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_program_speaks_russian_and_chinese() {
+    let tmp = tempfile::tempdir().unwrap();
+    for lang in linguas() {
+        let dir = tmp.path().join(&lang).join("LC_MESSAGES");
+        std::fs::create_dir_all(&dir).unwrap();
+        let st = Command::new("msgfmt")
+            .arg("-o")
+            .arg(dir.join("vmoverlay.mo"))
+            .arg(manifest_dir().join(format!("po/{lang}.po")))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    let uri = "qemu:///system?socket=/nonexistent/vmoverlay/libvirt-sock";
+    for (lang, expected) in [
+        ("ru", "не удалось подключиться к «"),
+        ("zh_CN", "无法连接到“"),
+    ] {
+        let out = Command::new(common::bin())
+            .args(["status", "--connect", uri])
+            .env("LANGUAGE", lang)
+            .env("LANG", "C.UTF-8")
+            .env_remove("LC_ALL")
+            .env("VMOVERLAY_LOCALEDIR", tmp.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(err.contains(expected), "{lang}: {err}");
+    }
+}
