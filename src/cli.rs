@@ -35,68 +35,133 @@ pub enum Exit {
 pub const EXIT_NOT_CONFIRMED: i32 = 10;
 pub const EXIT_USAGE: i32 = 64;
 
+// Help texts are translated: clap evaluates these expressions when it builds the command,
+// after `i18n::init` (see `mod help`).
 #[derive(Debug, Parser)]
 #[command(
     name = "vmoverlay",
     version = crate::config::VERSION,
-    about = "Keeps libvirt/QEMU guests disposable: commit or discard a qcow2 overlay when a guest shuts down",
+    about = help::about(),
     args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
-    /// libvirt connection URI (repeatable)
-    #[arg(long = "connect", short = 'c', value_name = "URI", global = true)]
+    #[arg(long = "connect", short = 'c', value_name = "URI", global = true,
+          help = help::connect())]
     pub connect: Vec<String>,
 
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    /// Old form: the VM whose overlay/base are pinned with --overlay/--base
+    #[arg(help = help::old_vm())]
     pub vm: Option<String>,
-    /// Old form: pin this overlay image for VM
-    #[arg(long, value_name = "PATH", requires = "vm")]
+    #[arg(long, value_name = "PATH", requires = "vm", help = help::old_overlay())]
     pub overlay: Option<PathBuf>,
-    /// Old form: pin this base image for VM
-    #[arg(long, value_name = "PATH", requires = "vm")]
+    #[arg(long, value_name = "PATH", requires = "vm", help = help::old_base())]
     pub base: Option<PathBuf>,
 
-    /// Show the real flow without any VM: a demo guest on libvirt's test driver, with real
-    /// overlay images in the cache directory
-    #[arg(long, conflicts_with_all = ["vm", "connect"])]
+    #[arg(long, conflicts_with_all = ["vm", "connect"],
+          help = help::demo())]
     pub demo: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Every domain with its state and the reason for it
+    #[command(about = help::status())]
     Status {
-        /// Only this domain
+        #[arg(help = help::only_vm())]
         vm: Option<String>,
-        /// One JSON array instead of a table
-        #[arg(long)]
+        #[arg(long, help = help::json_array())]
         json: bool,
     },
-    /// Print one line per lifecycle event until interrupted
+    #[command(about = help::watch())]
     Watch {
-        /// One JSON object per line
-        #[arg(long)]
+        #[arg(long, help = help::json_lines())]
         json: bool,
     },
-    /// Merge a shut-off VM's overlay into its base, then rebuild the overlay empty
+    #[command(about = help::commit())]
     Commit(OpArgs),
-    /// Throw away a shut-off VM's overlay changes: rebuild the overlay empty, base untouched
+    #[command(about = help::discard())]
     Discard(OpArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub struct OpArgs {
-    /// The domain
+    #[arg(help = help::vm())]
     pub vm: String,
-    /// Only this disk (its target, e.g. vda); default: every managed disk
-    #[arg(long, value_name = "TARGET")]
+    #[arg(long, value_name = "TARGET", help = help::disk())]
     pub disk: Option<String>,
-    /// Do not ask for confirmation (required when not on a terminal)
-    #[arg(long, short = 'y')]
+    #[arg(long, short = 'y', help = help::yes())]
     pub yes: bool,
+}
+
+/// The help texts, as functions: xgettext reads Rust as C, where a line starting with `#` (an
+/// attribute) is a preprocessor line it skips, so no `tr("…")` may stand inside `#[…]`.
+mod help {
+    use crate::i18n::tr;
+
+    pub fn about() -> String {
+        tr("Keeps libvirt/QEMU guests disposable: commit or discard a qcow2 overlay when a guest shuts down")
+    }
+
+    pub fn connect() -> String {
+        tr("libvirt connection URI (repeatable)")
+    }
+
+    pub fn old_vm() -> String {
+        tr("Old form: the VM whose overlay/base are pinned with --overlay/--base")
+    }
+
+    pub fn old_overlay() -> String {
+        tr("Old form: pin this overlay image for VM")
+    }
+
+    pub fn old_base() -> String {
+        tr("Old form: pin this base image for VM")
+    }
+
+    pub fn demo() -> String {
+        tr("Show the real flow without any VM: a demo guest on libvirt's test driver, with real overlay images in the cache directory")
+    }
+
+    pub fn status() -> String {
+        tr("Every domain with its state, its managed disks and their changes")
+    }
+
+    pub fn only_vm() -> String {
+        tr("Only this domain")
+    }
+
+    pub fn json_array() -> String {
+        tr("One JSON array instead of a table")
+    }
+
+    pub fn watch() -> String {
+        tr("Print one line per lifecycle event until interrupted")
+    }
+
+    pub fn json_lines() -> String {
+        tr("One JSON object per line")
+    }
+
+    pub fn commit() -> String {
+        tr("Merge a shut-off VM's overlay into its base, then rebuild the overlay empty")
+    }
+
+    pub fn discard() -> String {
+        tr("Throw away a shut-off VM's overlay changes: rebuild the overlay empty, base untouched")
+    }
+
+    pub fn vm() -> String {
+        tr("The domain")
+    }
+
+    pub fn disk() -> String {
+        tr("Only this disk (its target, e.g. vda); default: every managed disk")
+    }
+
+    pub fn yes() -> String {
+        tr("Do not ask for confirmation (required when not on a terminal)")
+    }
 }
 
 impl Cli {

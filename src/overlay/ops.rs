@@ -15,6 +15,7 @@ use super::chain::{inspect_overlay, ManagedDisk};
 use super::error::EngineError;
 use super::image;
 use super::journal::{sync_dir, Journal, OpKind, Phase, Record, Stamp};
+use crate::i18n::tr;
 
 /// What the engine needs to know about the domain; implemented over libvirt by the caller, so
 /// the engine itself never touches libvirt.
@@ -62,10 +63,13 @@ fn failed(op: &str, overlay: &Path, detail: impl Into<String>, data: &str) -> En
     }
 }
 
-const DATA_IN_OVERLAY: &str =
-    "The guest's data is intact: the overlay still holds all of it. The operation is journaled and will be finished at the next start";
-const DATA_IN_BASE: &str =
-    "The guest's data is intact: it is in the base, and the old overlay is still in place. The operation is journaled and will be finished at the next start";
+fn data_in_overlay() -> String {
+    tr("The guest's data is intact: the overlay still holds all of it. The operation is journaled and will be finished at the next start")
+}
+
+fn data_in_base() -> String {
+    tr("The guest's data is intact: it is in the base, and the old overlay is still in place. The operation is journaled and will be finished at the next start")
+}
 
 /// Checks every precondition of `req`; writes nothing. Returns the overlay's changed bytes.
 pub fn preflight(
@@ -204,7 +208,7 @@ fn execute(
         check.ensure_inactive()?;
         image::ensure_unlocked(&[&overlay, &rec.disk.base])?;
         commit_image(&overlay, progress)
-            .map_err(|e| failed("commit", &overlay, e, DATA_IN_OVERLAY))?;
+            .map_err(|e| failed("commit", &overlay, e, &data_in_overlay()))?;
         progress(Progress::CheckingBase);
         if let Err(e) = check_image(&rec.disk.base, &rec.disk.base_format) {
             // The base may be damaged: keep the overlay, which still reads correctly on top
@@ -214,14 +218,14 @@ fn execute(
                 "commit",
                 &overlay,
                 e,
-                "The overlay was kept as it is; check the base before using it",
+                &tr("The overlay was kept as it is; check the base before using it"),
             ));
         }
         rec.phase = Phase::Rebuilding;
         rec.overlay_stamp = Stamp::of(&overlay).ok();
         journal
             .update(&rec)
-            .map_err(|e| failed("commit", &overlay, format!("journal: {e}"), DATA_IN_BASE))?;
+            .map_err(|e| failed("commit", &overlay, format!("journal: {e}"), &data_in_base()))?;
     }
     check.ensure_inactive()?;
     image::ensure_unlocked(&[&overlay])?;
@@ -234,7 +238,7 @@ fn execute(
             rec.op.word(),
             &overlay,
             "the overlay changed after the operation began",
-            "It was left as it is, with everything written to it",
+            &tr("It was left as it is, with everything written to it"),
         ));
     }
     progress(Progress::Rebuilding);
@@ -243,9 +247,9 @@ fn execute(
             rec.op.word(),
             &overlay,
             e,
-            match rec.op {
-                OpKind::Commit => DATA_IN_BASE,
-                OpKind::Discard => "The old overlay is still in place; the discard is journaled and will be finished at the next start",
+            &match rec.op {
+                OpKind::Commit => data_in_base(),
+                OpKind::Discard => tr("The old overlay is still in place; the discard is journaled and will be finished at the next start"),
             },
         )
     })?;
@@ -254,7 +258,7 @@ fn execute(
             rec.op.word(),
             &overlay,
             format!("journal: {e}"),
-            "The operation itself completed",
+            &tr("The operation itself completed"),
         )
     })?;
     Ok(Outcome {
