@@ -9,11 +9,10 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use crate::i18n::{tr, tr_f};
-use crate::libvirt::domains::LibvirtCheck;
+use crate::libvirt::domains::{self, LibvirtCheck};
 use crate::libvirt::{self, Model, Monitor, MonitorConfig, MonitorEvent};
 use crate::overlay::{
-    self, DomainCheck, EngineError, JobEvent, Journal, ManagedDisk, OpKind, Progress, Record,
-    Request,
+    self, EngineError, JobEvent, Journal, ManagedDisk, OpKind, Progress, Request,
 };
 use crate::settings;
 use crate::units::human_bytes;
@@ -264,23 +263,17 @@ fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
 }
 
 fn report(conn: &virt::connect::Connect, uri: &str, d: libvirt::DomainSnapshot) -> DomainReport {
-    let pins = settings::pins_for(&d.name).unwrap_or_default();
-    let disks = conn
-        .lookup_domain_by_name(&d.name)
-        .and_then(|dom| dom.xml_desc(0))
-        .map_err(|e| e.message().to_string())
-        .and_then(|xml| overlay::discover(&xml, &pins))
-        .map(|found| {
-            let managed = found
-                .managed
-                .into_iter()
-                .map(|disk| DiskReport {
-                    changed: overlay::image::changed_bytes(&disk.overlay),
-                    disk,
-                })
-                .collect();
-            (managed, found.skipped)
-        });
+    let disks = domains::domain_disks(conn, &d.name).map(|found| {
+        let managed = found
+            .managed
+            .into_iter()
+            .map(|disk| DiskReport {
+                changed: overlay::image::changed_bytes(&disk.overlay),
+                disk,
+            })
+            .collect();
+        (managed, found.skipped)
+    });
     DomainReport {
         uri: uri.to_string(),
         domain: d,
@@ -402,13 +395,7 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
 /// Finishes operations that an earlier run left in the journal, before anything else.
 /// Each record names the connection its domain lives on.
 fn recover_pending(journal: &Journal) {
-    let make_check = |rec: &Record| -> Result<Box<dyn DomainCheck>, EngineError> {
-        let conn = libvirt::open(&rec.uri, true).map_err(|e| EngineError::NotFound {
-            what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
-        })?;
-        Ok(Box::new(LibvirtCheck::new(conn, &rec.domain)))
-    };
-    let results = overlay::recover(journal, &make_check, &mut |_, _| {});
+    let results = overlay::recover(journal, &domains::check_for_record, &mut |_, _| {});
     for (rec, result) in results {
         match result {
             Ok(o) => {
@@ -434,21 +421,11 @@ fn recover_pending(journal: &Journal) {
 }
 
 /// Finds `name` on the first connection that has it.
-fn find_domain(
-    uris: &[String],
-    name: &str,
-) -> Result<(String, virt::connect::Connect, String), i32> {
+fn find_domain(uris: &[String], name: &str) -> Result<(String, virt::connect::Connect), i32> {
     for uri in uris {
         let conn = libvirt::open(uri, true).map_err(|e| connect_error(uri, &e))?;
-        if let Ok(dom) = conn.lookup_domain_by_name(name) {
-            let xml = dom.xml_desc(0).map_err(|e| {
-                eprintln!(
-                    "vmoverlay: cannot read the definition of '{name}': {}. Nothing was changed.",
-                    e.message()
-                );
-                Exit::Failure as i32
-            })?;
-            return Ok((uri.clone(), conn, xml));
+        if conn.lookup_domain_by_name(name).is_ok() {
+            return Ok((uri.clone(), conn));
         }
     }
     Err(not_found(name, uris))
@@ -469,18 +446,11 @@ fn confirm(question: &str) -> bool {
 fn operate(uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
     let journal = Journal::default_location();
     recover_pending(&journal);
-    let (uri, conn, xml) = match find_domain(uris, &args.vm) {
+    let (uri, conn) = match find_domain(uris, &args.vm) {
         Ok(found) => found,
         Err(code) => return code,
     };
-    let pins = match settings::pins_for(&args.vm) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("vmoverlay: {e}. Nothing was changed.");
-            return Exit::Failure as i32;
-        }
-    };
-    let found = match overlay::discover(&xml, &pins) {
+    let found = match domains::domain_disks(&conn, &args.vm) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("vmoverlay: {e}. Nothing was changed.");

@@ -8,11 +8,30 @@ use virt::domain::Domain;
 use super::events::DomainState;
 use super::ffi;
 use crate::overlay::chain::parse_disks;
-use crate::overlay::{image, DomainCheck, EngineError};
+use crate::overlay::{image, DomainCheck, DomainDisks, EngineError, Record};
 
 pub fn state(dom: &Domain) -> Result<DomainState, virt::error::Error> {
     let (s, r) = ffi::domain_state(dom)?;
     Ok(DomainState::from_raw(s, r))
+}
+
+/// A domain's disks as the engine sees them: its current definition, with the user's pins.
+pub fn domain_disks(conn: &Connect, name: &str) -> Result<DomainDisks, String> {
+    let xml = conn
+        .lookup_domain_by_name(name)
+        .and_then(|d| d.xml_desc(0))
+        .map_err(|e| e.message().to_string())?;
+    let pins = crate::settings::pins_for(name)?;
+    crate::overlay::discover(&xml, &pins)
+}
+
+/// The check for the domain a journal record names, over a new read-only connection to the
+/// record's URI (how interrupted operations are resumed).
+pub fn check_for_record(rec: &Record) -> Result<Box<dyn DomainCheck>, EngineError> {
+    let conn = super::open(&rec.uri, true).map_err(|e| EngineError::NotFound {
+        what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
+    })?;
+    Ok(Box::new(LibvirtCheck::new(conn, &rec.domain)))
 }
 
 /// The engine's view of one domain: is it running, and who else uses a base.

@@ -555,12 +555,7 @@ fn discover_vm(
         Some(c) => c,
         None => libvirt::open(&key.uri, true).map_err(|e| e.message().to_string())?,
     };
-    let xml = conn
-        .lookup_domain_by_name(&key.name)
-        .and_then(|d| d.xml_desc(0))
-        .map_err(|e| e.message().to_string())?;
-    let pins = settings::pins_for(&key.name)?;
-    let found = overlay::discover(&xml, &pins)?;
+    let found = libvirt::domains::domain_disks(&conn, &key.name)?;
     Ok((conn, found))
 }
 
@@ -588,15 +583,7 @@ fn plan_job(
 
 /// Finishes what the journal holds; returns a line per operation for notifications.
 fn recover(journal: &Journal) -> Vec<String> {
-    let make_check =
-        |rec: &overlay::Record| -> Result<Box<dyn overlay::DomainCheck>, overlay::EngineError> {
-            let conn =
-                libvirt::open(&rec.uri, true).map_err(|e| overlay::EngineError::NotFound {
-                    what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
-                })?;
-            Ok(Box::new(LibvirtCheck::new(conn, &rec.domain)))
-        };
-    overlay::recover(journal, &make_check, &mut |_, _| {})
+    overlay::recover(journal, &libvirt::domains::check_for_record, &mut |_, _| {})
         .into_iter()
         .map(|(rec, r)| match r {
             Ok(_) => tr_f(
