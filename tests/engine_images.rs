@@ -458,3 +458,87 @@ fn bad_images_are_not_managed_and_say_why() {
     let e = inspect_overlay("vda", &p("link.qcow2")).unwrap_err();
     assert!(e.contains("symlink"), "{e}");
 }
+
+/// A domain that is off for the first `off_calls` checks, then running: puts "the VM was
+/// started" at an exact point of an operation.
+struct StartsAfter {
+    off_calls: std::sync::atomic::AtomicUsize,
+}
+
+impl vmoverlay::overlay::DomainCheck for StartsAfter {
+    fn ensure_inactive(&self) -> Result<(), EngineError> {
+        use std::sync::atomic::Ordering;
+        let left = self.off_calls.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(EngineError::DomainActive {
+                domain: "images-only".into(),
+                state: "running (booted)".into(),
+            });
+        }
+        self.off_calls.store(left - 1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, EngineError> {
+        Ok(Vec::new())
+    }
+}
+
+fn starts_after(n: usize) -> StartsAfter {
+    StartsAfter {
+        off_calls: std::sync::atomic::AtomicUsize::new(n),
+    }
+}
+
+#[test]
+fn a_vm_started_right_before_the_commit_leaves_nothing_changed_and_no_record() {
+    let s = setup();
+    qemu_io(&s.overlay, &["write -P 0x55 4M 1M"]);
+    let before = snapshot(s.dir.path());
+    // Off for the preconditions, running at the check right before the write.
+    let err = ops::run(
+        &request(&s, OpKind::Commit),
+        &starts_after(1),
+        &s.journal,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 5, "{err}");
+    assert!(err.to_string().contains("nothing was changed"), "{err}");
+    assert!(s.journal.pending().is_empty(), "no record is left behind");
+    let mut after = snapshot(s.dir.path());
+    after.retain(|p, _| !p.starts_with(s.dir.path().join("state")));
+    assert_eq!(after, before);
+}
+
+#[test]
+fn a_vm_started_after_the_commit_is_reported_truthfully_and_finished_later() {
+    let s = setup();
+    qemu_io(&s.overlay, &["write -P 0x55 4M 1M"]);
+    // Off for the preconditions and the commit, running when the overlay is to be rebuilt.
+    let err = ops::run(
+        &request(&s, OpKind::Commit),
+        &starts_after(2),
+        &s.journal,
+        &mut |_| {},
+    )
+    .unwrap_err();
+    assert_eq!(err.exit_code(), 1, "{err}");
+    let msg = err.to_string();
+    assert!(
+        !msg.contains("nothing was changed") && !msg.contains("Nothing was changed"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("became running") && msg.contains("it is in the base"),
+        "{msg}"
+    );
+    assert!(
+        reads_pattern(&s.base, 0x55, "4M", "1M"),
+        "the commit did happen"
+    );
+    assert_eq!(s.journal.pending().len(), 1, "still journaled");
+    let done = overlay::recover(&s.journal, &|_| Ok(Box::new(NoDomain)), &mut |_, _| {});
+    assert!(done[0].1.is_ok(), "{:?}", done[0].1);
+    assert_eq!(changed(&s.overlay), 0);
+    assert!(s.journal.pending().is_empty());
+}

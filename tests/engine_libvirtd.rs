@@ -191,7 +191,7 @@ fn a_domain_started_while_its_commit_runs_fails_to_start_cleanly() {
     qemu_img(&["resize", "-q", vm.base.to_str().unwrap(), "1G"]);
     qemu_img(&["resize", "-q", vm.overlay.to_str().unwrap(), "1G"]);
     qemu_io(&vm.overlay, &["write -P 0x3c 0 512M"]);
-    let mut commit = Command::new(bin())
+    let commit = Command::new(bin())
         .args(["commit", &vm.name, "--yes", "--connect", &bed.uri])
         .env("VMOVERLAY_STATE_DIR", state.path())
         .stdin(Stdio::null())
@@ -211,7 +211,7 @@ fn a_domain_started_while_its_commit_runs_fails_to_start_cleanly() {
         .args(["-q", "-c", &bed.uri, "start", &vm.name])
         .output()
         .unwrap();
-    let status = commit.wait().unwrap();
+    let out = commit.wait_with_output().unwrap();
     assert!(
         !start.status.success(),
         "the domain started while its overlay was being committed"
@@ -221,8 +221,27 @@ fn a_domain_started_while_its_commit_runs_fails_to_start_cleanly() {
         why.contains("lock"),
         "start failed for another reason: {why}"
     );
-    assert!(status.success(), "the commit itself completes");
     assert!(vm.domstate().starts_with("shut off"));
+    if !out.status.success() {
+        // The failing start can briefly hold the base, so qemu-img's reopen of it for writing
+        // may lose the race. Then nothing may be lost: the commit says the data is intact,
+        // stays journaled, and the next start finishes it.
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("the commit lost the race with the failing start: {err}");
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("intact") && err.contains("journaled"), "{err}");
+        assert!(
+            reads_pattern(&vm.overlay, 0x3c, "0", "512M"),
+            "the guest's view is complete"
+        );
+        let next = cli(state.path(), &["status", &vm.name, "--connect", &bed.uri]);
+        assert_eq!(code(&next), 0, "{}", stderr(&next));
+        assert!(
+            stderr(&next).contains("finished the interrupted commit"),
+            "{}",
+            stderr(&next)
+        );
+    }
     assert!(reads_pattern(&vm.base, 0x3c, "0", "512M"));
     assert_eq!(changed(&vm.overlay), 0);
 }

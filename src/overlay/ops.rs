@@ -15,7 +15,7 @@ use super::chain::{inspect_overlay, ManagedDisk};
 use super::error::EngineError;
 use super::image;
 use super::journal::{sync_dir, Journal, OpKind, Phase, Record, Stamp};
-use crate::i18n::tr;
+use crate::i18n::{tr, tr_f};
 
 /// What the engine needs to know about the domain; implemented over libvirt by the caller, so
 /// the engine itself never touches libvirt.
@@ -205,8 +205,17 @@ fn execute(
     if rec.phase == Phase::Committing {
         // Right before the write: QEMU's own locks cover the rest of the commit (a guest
         // started now cannot open the overlay).
-        check.ensure_inactive()?;
-        image::ensure_unlocked(&[&overlay, &rec.disk.base])?;
+        if let Err(e) = check
+            .ensure_inactive()
+            .and_then(|_| image::ensure_unlocked(&[&overlay, &rec.disk.base]))
+        {
+            // Nothing written yet: a fresh run leaves no record behind, so "nothing was
+            // changed" is true; a resumed one stays journaled for the next start.
+            if !resumed {
+                let _ = journal.finish(&overlay);
+            }
+            return Err(e);
+        }
         commit_image(&overlay, progress)
             .map_err(|e| failed("commit", &overlay, e, &data_in_overlay()))?;
         progress(Progress::CheckingBase);
@@ -227,8 +236,34 @@ fn execute(
             .update(&rec)
             .map_err(|e| failed("commit", &overlay, format!("journal: {e}"), &data_in_base()))?;
     }
-    check.ensure_inactive()?;
-    image::ensure_unlocked(&[&overlay])?;
+    if let Err(e) = check
+        .ensure_inactive()
+        .and_then(|_| image::ensure_unlocked(&[&overlay]))
+    {
+        return Err(match rec.op {
+            // The base already holds the guest's data: not "nothing was changed".
+            OpKind::Commit => {
+                let detail = match &e {
+                    EngineError::DomainActive { domain, state } => tr_f(
+                        "{vm} became {state} before its overlay was rebuilt",
+                        &[("vm", domain), ("state", state)],
+                    ),
+                    EngineError::Locked { path } => tr_f(
+                        "{path} was opened by another process before it was rebuilt",
+                        &[("path", &path.display().to_string())],
+                    ),
+                    other => other.to_string(),
+                };
+                failed("commit", &overlay, detail, &data_in_base())
+            }
+            OpKind::Discard => {
+                if !resumed {
+                    let _ = journal.finish(&overlay);
+                }
+                e
+            }
+        });
+    }
     let now = Stamp::of(&overlay).ok();
     if rec.overlay_stamp.is_some() && now != rec.overlay_stamp {
         // Someone (a guest started meanwhile) wrote to the overlay: rebuilding would lose
