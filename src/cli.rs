@@ -12,7 +12,8 @@ use crate::i18n::{tr, tr_f};
 use crate::libvirt::domains::{self, LibvirtCheck};
 use crate::libvirt::{self, Model, Monitor, MonitorConfig, MonitorEvent};
 use crate::overlay::{
-    self, EngineError, JobEvent, Journal, ManagedDisk, OpKind, Progress, Request,
+    self, EngineChoice, EngineError, EngineKind, JobEvent, Journal, ManagedDisk, OpKind, Progress,
+    Request,
 };
 use crate::settings;
 use crate::units::human_bytes;
@@ -48,6 +49,10 @@ pub struct Cli {
           help = help::connect())]
     pub connect: Vec<String>,
 
+    #[arg(long, value_enum, default_value_t = EngineArg::Auto, global = true,
+          help = help::engine())]
+    pub engine: EngineArg,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -61,6 +66,24 @@ pub struct Cli {
     #[arg(long, conflicts_with_all = ["vm", "connect"],
           help = help::demo())]
     pub demo: bool,
+}
+
+/// `--engine`: who works on the images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    Auto,
+    QemuImg,
+    Libvirt,
+}
+
+impl EngineArg {
+    pub fn choice(self) -> EngineChoice {
+        match self {
+            Self::Auto => EngineChoice::Auto,
+            Self::QemuImg => EngineChoice::Only(EngineKind::QemuImg),
+            Self::Libvirt => EngineChoice::Only(EngineKind::Libvirt),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +127,10 @@ mod help {
 
     pub fn connect() -> String {
         tr("libvirt connection URI (repeatable)")
+    }
+
+    pub fn engine() -> String {
+        tr("Who works on the images: qemu-img in this process, libvirtd, or auto (qemu-img when this process can write the images, libvirtd otherwise)")
     }
 
     pub fn old_vm() -> String {
@@ -190,11 +217,12 @@ impl Cli {
 
 pub fn run(cli: Cli) -> i32 {
     let uris = cli.uris();
+    let engine = cli.engine.choice();
     match cli.command {
-        Some(Command::Status { vm, json }) => status(&uris, vm.as_deref(), json),
+        Some(Command::Status { vm, json }) => status(&uris, vm.as_deref(), json, engine),
         Some(Command::Watch { json }) => watch(uris, json) as i32,
-        Some(Command::Commit(args)) => operate(&uris, OpKind::Commit, &args),
-        Some(Command::Discard(args)) => operate(&uris, OpKind::Discard, &args),
+        Some(Command::Commit(args)) => operate(&uris, OpKind::Commit, &args, engine),
+        Some(Command::Discard(args)) => operate(&uris, OpKind::Discard, &args, engine),
         None => crate::ui::run(std::env::args().collect()),
     }
 }
@@ -262,13 +290,19 @@ fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-fn report(conn: &virt::connect::Connect, uri: &str, d: libvirt::DomainSnapshot) -> DomainReport {
-    let disks = domains::domain_disks(conn, &d.name).map(|found| {
+fn report(
+    conn: &virt::connect::Connect,
+    uri: &str,
+    d: libvirt::DomainSnapshot,
+    engine: EngineChoice,
+) -> DomainReport {
+    let check = LibvirtCheck::new(conn.clone(), uri, &d.name);
+    let disks = domains::domain_disks(&check, engine).map(|found| {
         let managed = found
             .managed
             .into_iter()
             .map(|disk| DiskReport {
-                changed: overlay::image::changed_bytes(&disk.overlay),
+                changed: overlay::ops::changed_bytes(&disk, &check),
                 disk,
             })
             .collect();
@@ -293,6 +327,7 @@ fn report_json(journal: &Journal, r: &DomainReport) -> serde_json::Value {
                 "target": d.disk.target,
                 "overlay": d.disk.overlay,
                 "base": d.disk.base,
+                "engine": d.disk.engine.word(),
                 "changed_bytes": d.changed.as_ref().ok(),
                 "pending": journal.get(&d.disk.overlay).map(|r| r.op.word()),
                 "last": journal.last(&d.disk.overlay),
@@ -315,7 +350,7 @@ fn report_json(journal: &Journal, r: &DomainReport) -> serde_json::Value {
     })
 }
 
-fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
+fn status(uris: &[String], only: Option<&str>, as_json: bool, engine: EngineChoice) -> i32 {
     let journal = Journal::default_location();
     recover_pending(&journal);
     let mut rows = Vec::new();
@@ -338,7 +373,7 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
             }
         };
         domains.retain(|d| only.is_none_or(|name| name == d.name));
-        rows.extend(par_map(domains, |d| report(&conn, uri, d)));
+        rows.extend(par_map(domains, |d| report(&conn, uri, d, engine)));
     }
     if let (Some(name), true) = (only, rows.is_empty()) {
         return not_found(name, uris);
@@ -377,10 +412,11 @@ fn status(uris: &[String], only: Option<&str>, as_json: bool) -> i32 {
                         .unwrap_or_default();
                     let _ = writeln!(
                         out,
-                        "    {:<6} {} -> {}  {changed}{pending}",
+                        "    {:<6} {} -> {}  {changed}{pending}  ({})",
                         m.disk.target,
                         m.disk.overlay.display(),
-                        m.disk.base.display()
+                        m.disk.base.display(),
+                        m.disk.engine.word()
                     );
                 }
                 for s in skipped {
@@ -443,14 +479,15 @@ fn confirm(question: &str) -> bool {
         && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
 }
 
-fn operate(uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
+fn operate(uris: &[String], op: OpKind, args: &OpArgs, engine: EngineChoice) -> i32 {
     let journal = Journal::default_location();
     recover_pending(&journal);
     let (uri, conn) = match find_domain(uris, &args.vm) {
         Ok(found) => found,
         Err(code) => return code,
     };
-    let found = match domains::domain_disks(&conn, &args.vm) {
+    let check = LibvirtCheck::new(conn.clone(), &uri, &args.vm);
+    let found = match domains::domain_disks(&check, engine) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("vmoverlay: {e}. Nothing was changed.");
@@ -488,7 +525,6 @@ fn operate(uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
         }
         None => found.managed.clone(),
     };
-    let check = LibvirtCheck::new(conn.clone(), &args.vm);
     // Every disk's preconditions hold before the first one is written.
     let mut plan = Vec::new();
     for disk in disks {
@@ -548,7 +584,7 @@ fn operate(uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
         let base = req.disk.base.clone();
         let events = overlay::spawn(
             req,
-            Box::new(LibvirtCheck::new(conn.clone(), &args.vm)),
+            Box::new(LibvirtCheck::new(conn.clone(), &uri, &args.vm)),
             journal.clone(),
         );
         let result = loop {
@@ -615,6 +651,8 @@ pub fn watch_line(event: &MonitorEvent, as_json: bool) -> Option<String> {
                 "event": e.kind.event_word(),
                 "detail": e.kind.detail_word(),
                 "observed_after_reconnect": e.after_reconnect,
+                "engine_job": e.engine_job,
+                "ended_before_asked": e.ended_before_asked,
             })
             .to_string()
         } else {
@@ -627,6 +665,8 @@ pub fn watch_line(event: &MonitorEvent, as_json: bool) -> Option<String> {
                 e.kind.detail_word(),
                 if e.after_reconnect {
                     "\t(observed after reconnect)"
+                } else if e.engine_job.is_some() {
+                    "\t(VM Overlay's own paused run)"
                 } else {
                     ""
                 }

@@ -70,6 +70,9 @@ pub struct Vm {
     pub keep_overlay: Option<String>,
     pub last_result: Option<String>,
     pub policy: Policy,
+    /// Running as a VM Overlay engine's paused run (this process's job, or another's, such as
+    /// `vmoverlay commit` in a terminal): not the guest running, never a prompt.
+    pub engine_run: Option<String>,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
@@ -153,6 +156,9 @@ pub struct Machine {
     policies: BTreeMap<VmKey, Policy>,
 }
 
+/// [`Vm::engine_run`] of a start that was over before it could be asked about.
+const BRIEF_RUN: &str = "brief run";
+
 fn forced_word(detail: &Stopped) -> Option<String> {
     match detail {
         Stopped::Shutdown => None,
@@ -176,7 +182,7 @@ impl Machine {
         self.vms
             .values()
             .map(|vm| {
-                if vm.job.is_some() {
+                if vm.job.is_some() || vm.engine_run.is_some() {
                     Summary::Busy
                 } else if vm.decision.is_some() {
                     Summary::Pending
@@ -230,7 +236,8 @@ impl Machine {
                     let key = VmKey::new(&uri, &d.name);
                     let known = self.vms.contains_key(&key);
                     let vm = self.vm(&key);
-                    vm.active = d.state.kind.is_active();
+                    vm.engine_run = d.engine_job.clone();
+                    vm.active = d.state.kind.is_active() && vm.engine_run.is_none();
                     if !vm.active && !known && d.state.kind == StateKind::Shutoff {
                         let why = Stopped::from_shutoff_reason(d.state.reason);
                         if matches!(
@@ -257,6 +264,27 @@ impl Machine {
             MonitorEvent::Domain(e) => {
                 let key = VmKey::new(&e.uri, &e.domain);
                 match e.kind {
+                    Lifecycle::Started(_) if e.engine_job.is_some() => {
+                        let vm = self.vm(&key);
+                        vm.engine_run = e.engine_job;
+                    }
+                    Lifecycle::Started(_) if e.ended_before_asked => {
+                        // Over before it could be asked about (the engine's lock probe, in
+                        // practice): no guest ran, so nothing changed; its stop asks nothing.
+                        self.vm(&key).engine_run = Some(BRIEF_RUN.into());
+                    }
+                    Lifecycle::Resumed(_) | Lifecycle::Suspended(_)
+                        if self.vm(&key).engine_run.is_some() => {}
+                    Lifecycle::Stopped(_) if self.vm(&key).engine_run.is_some() => {
+                        // The engine's run ended; its job (here or in another process)
+                        // reports the outcome and rebuilds the overlay: no question to ask.
+                        let vm = self.vm(&key);
+                        let brief = vm.engine_run.take().as_deref() == Some(BRIEF_RUN);
+                        if vm.job.is_none() && !brief {
+                            vm.decision = None;
+                            vm.changed = None;
+                        }
+                    }
                     Lifecycle::Started(_) | Lifecycle::Resumed(_) | Lifecycle::Suspended(_) => {
                         let vm = self.vm(&key);
                         vm.active = true;
@@ -460,6 +488,8 @@ mod tests {
             uuid: format!("uuid-{name}"),
             kind: Lifecycle::from_raw(event, detail),
             after_reconnect: false,
+            engine_job: None,
+            ended_before_asked: false,
         }))
     }
 
@@ -473,6 +503,7 @@ mod tests {
                     name: n.to_string(),
                     uuid: format!("uuid-{n}"),
                     state: DomainState::from_raw(*s, *r),
+                    engine_job: None,
                 })
                 .collect(),
         })
@@ -737,5 +768,55 @@ mod tests {
         assert!(out.is_empty());
         assert!(m.vms[&key("a")].active);
         assert!(!m.connected[URI]);
+    }
+
+    #[test]
+    fn the_engines_own_paused_run_is_neither_running_nor_a_stop_to_ask_about() {
+        let mut m = Machine::default();
+        m.handle(connected(&[("a", 5, 1)]));
+        inspected(&mut m, "a", InspectReason::Startup, 4096);
+        let mut started = ev("a", 2, 0);
+        if let Input::Monitor(MonitorEvent::Domain(e)) = &mut started {
+            e.engine_job = Some("commit".into());
+        }
+        assert!(m.handle(started).is_empty());
+        assert!(m.handle(ev("a", 3, 0)).is_empty()); // suspended (paused start)
+        let vm = &m.vms[&key("a")];
+        assert!(!vm.active);
+        assert_eq!(m.summary(), Summary::Busy);
+        // Destroyed at the end of the run: no inspection, no prompt, nothing pending.
+        assert!(m.handle(ev("a", 5, 1)).is_empty());
+        let vm = &m.vms[&key("a")];
+        assert_eq!(vm.engine_run, None);
+        assert_eq!(vm.decision, None);
+        assert_eq!(m.summary(), Summary::Idle);
+        // The next real start and stop are the guest's again.
+        m.handle(ev("a", 2, 0));
+        assert!(m.vms[&key("a")].active);
+        assert_eq!(
+            m.handle(ev("a", 5, 0)),
+            vec![Effect::Inspect {
+                key: key("a"),
+                reason: stopped_clean()
+            }]
+        );
+    }
+
+    #[test]
+    fn an_engine_run_found_at_connect_is_busy_not_running() {
+        let mut m = Machine::default();
+        m.handle(Input::Monitor(MonitorEvent::Connected {
+            uri: URI.into(),
+            time: SystemTime::UNIX_EPOCH,
+            domains: vec![DomainSnapshot {
+                name: "a".into(),
+                uuid: "uuid-a".into(),
+                state: DomainState::from_raw(3, 1),
+                engine_job: Some("commit".into()),
+            }],
+        }));
+        assert!(!m.vms[&key("a")].active);
+        assert_eq!(m.summary(), Summary::Busy);
+        assert!(m.handle(ev("a", 5, 1)).is_empty());
     }
 }

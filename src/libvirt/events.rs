@@ -150,6 +150,13 @@ pub struct DomainEvent {
     /// Not delivered by libvirt as an event but inferred from the domain's state after the
     /// connection came back (the domain stopped while we were disconnected).
     pub after_reconnect: bool,
+    /// On `started`: this is VM Overlay's own paused run (its live definition carries the
+    /// job marker), e.g. `"commit"`; the guest never runs in it.
+    pub engine_job: Option<String>,
+    /// On `started`: the domain was already shut off again when the monitor asked about it
+    /// (a run shorter than the event's way here, such as the engine's lock probe): no guest
+    /// ran long enough to write anything.
+    pub ended_before_asked: bool,
 }
 
 /// `virDomainState`, with the raw reason code kept.
@@ -278,6 +285,8 @@ pub struct DomainSnapshot {
     pub name: String,
     pub uuid: String,
     pub state: DomainState,
+    /// Running as VM Overlay's own paused run (see [`DomainEvent::engine_job`]).
+    pub engine_job: Option<String>,
 }
 
 #[cfg(test)]

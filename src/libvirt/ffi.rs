@@ -124,10 +124,47 @@ unsafe extern "C" fn free_lifecycle(opaque: *mut c_void) {
     drop(Box::from_raw(opaque as *mut LifecycleFn));
 }
 
-/// A lifecycle-event registration; deregistered on drop.
-pub struct LifecycleRegistration {
+/// A domain-event registration (any event id); deregistered on drop.
+pub struct EventRegistration {
     conn: Connect,
     id: c_int,
+}
+
+/// The generic callback type `virConnectDomainEventRegisterAny` takes.
+type GenericCallback = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+
+/// Registers `cb` for `event_id` with a boxed closure as `opaque`, freed by `free`.
+///
+/// # Safety
+/// `cb` must be the callback type libvirt documents for `event_id`, cast to the generic type;
+/// `opaque` must be what `cb` and `free` expect, and must not be used by the caller afterwards.
+unsafe fn register_any(
+    conn: &Connect,
+    dom: Option<&virt::domain::Domain>,
+    event_id: u32,
+    cb: GenericCallback,
+    opaque: *mut c_void,
+    free: unsafe extern "C" fn(*mut c_void),
+) -> Result<EventRegistration, virt::error::Error> {
+    let dom_ptr = dom.map_or(std::ptr::null_mut(), |d| d.as_ptr());
+    let id = sys::virConnectDomainEventRegisterAny(
+        conn.as_ptr(),
+        dom_ptr,
+        event_id as c_int,
+        Some(cb),
+        opaque,
+        Some(free),
+    );
+    if id < 0 {
+        let err = virt::error::Error::last_error();
+        // Registration failed, so libvirt did not take ownership; free it ourselves.
+        free(opaque);
+        return Err(err);
+    }
+    Ok(EventRegistration {
+        conn: conn.clone(),
+        id,
+    })
 }
 
 /// Registers `f` for `VIR_DOMAIN_EVENT_ID_LIFECYCLE` on every domain of `conn`.
@@ -135,58 +172,106 @@ pub struct LifecycleRegistration {
 pub fn register_lifecycle(
     conn: &Connect,
     f: impl Fn(RawLifecycle) + Send + 'static,
-) -> Result<LifecycleRegistration, virt::error::Error> {
+) -> Result<EventRegistration, virt::error::Error> {
+    type Real = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        c_int,
+        c_int,
+        *mut c_void,
+    ) -> c_int;
     let opaque = Box::into_raw(Box::new(Box::new(f) as LifecycleFn)) as *mut c_void;
-    // SAFETY: the generic callback type is how libvirt's C API takes every event callback; the
-    // lifecycle callback's real signature is the one of `lifecycle_trampoline`, which libvirt
-    // calls for VIR_DOMAIN_EVENT_ID_LIFECYCLE (this is the documented VIR_DOMAIN_EVENT_CALLBACK
-    // cast). `conn` is a live connection; on success libvirt owns `opaque` and frees it through
-    // `free_lifecycle`.
-    let id = unsafe {
-        let cb: unsafe extern "C" fn(
-            sys::virConnectPtr,
-            sys::virDomainPtr,
-            c_int,
-            c_int,
-            *mut c_void,
-        ) -> c_int = lifecycle_trampoline;
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
-            Some(std::mem::transmute::<
-                unsafe extern "C" fn(
-                    sys::virConnectPtr,
-                    sys::virDomainPtr,
-                    c_int,
-                    c_int,
-                    *mut c_void,
-                ) -> c_int,
-                unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-            >(cb)),
+    // SAFETY: the lifecycle callback's real signature is `Real` (libvirt-domain.h,
+    // virConnectDomainEventCallback); casting it to the generic type is the documented
+    // VIR_DOMAIN_EVENT_CALLBACK cast, and libvirt calls it back with the real arguments.
+    // `opaque` is the box `lifecycle_trampoline` and `free_lifecycle` expect.
+    unsafe {
+        let cb = std::mem::transmute::<Real, GenericCallback>(lifecycle_trampoline);
+        register_any(
+            conn,
+            None,
+            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+            cb,
             opaque,
-            Some(free_lifecycle),
+            free_lifecycle,
         )
-    };
-    if id < 0 {
-        let err = virt::error::Error::last_error();
-        // SAFETY: registration failed, so libvirt did not take ownership; free it ourselves.
-        unsafe { free_lifecycle(opaque) };
-        return Err(err);
     }
-    Ok(LifecycleRegistration {
-        conn: conn.clone(),
-        id,
-    })
 }
 
-impl Drop for LifecycleRegistration {
+/// What a block-job event says: the disk (target or path), job type and status codes.
+#[derive(Debug, Clone)]
+pub struct RawBlockJob {
+    pub disk: String,
+    pub job_type: i32,
+    pub status: i32,
+}
+
+type BlockJobFn = Box<dyn Fn(RawBlockJob) + Send + 'static>;
+
+unsafe extern "C" fn block_job_trampoline(
+    _conn: sys::virConnectPtr,
+    _dom: sys::virDomainPtr,
+    disk: *const c_char,
+    job_type: c_int,
+    status: c_int,
+    opaque: *mut c_void,
+) {
+    // SAFETY: `opaque` is the `Box<BlockJobFn>` leaked in `register_block_job`, alive until
+    // `free_block_job`; `disk` is a string libvirt owns for the duration of the call.
+    let f = &*(opaque as *const BlockJobFn);
+    let raw = RawBlockJob {
+        disk: copy_cstr(disk).unwrap_or_default(),
+        job_type,
+        status,
+    };
+    if catch_unwind(AssertUnwindSafe(|| f(raw))).is_err() {
+        log::error!("panic in block-job event handler (caught at the libvirt boundary)");
+    }
+}
+
+unsafe extern "C" fn free_block_job(opaque: *mut c_void) {
+    // SAFETY: called by libvirt exactly once for the pointer leaked in `register_block_job`.
+    drop(Box::from_raw(opaque as *mut BlockJobFn));
+}
+
+/// Registers `f` for `VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2` (disks named by target) of `dom`.
+pub fn register_block_job(
+    conn: &Connect,
+    dom: &virt::domain::Domain,
+    f: impl Fn(RawBlockJob) + Send + 'static,
+) -> Result<EventRegistration, virt::error::Error> {
+    type Real = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        *const c_char,
+        c_int,
+        c_int,
+        *mut c_void,
+    );
+    let opaque = Box::into_raw(Box::new(Box::new(f) as BlockJobFn)) as *mut c_void;
+    // SAFETY: `Real` is virConnectDomainEventBlockJobCallback, the documented type for
+    // VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2; `opaque` is what the trampoline and `free_block_job`
+    // expect; `dom` is a live domain of `conn`.
+    unsafe {
+        let cb = std::mem::transmute::<Real, GenericCallback>(block_job_trampoline);
+        register_any(
+            conn,
+            Some(dom),
+            sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
+            cb,
+            opaque,
+            free_block_job,
+        )
+    }
+}
+
+impl Drop for EventRegistration {
     fn drop(&mut self) {
         // SAFETY: `self.conn` keeps the connection alive; `id` came from a successful
         // registration on it and is deregistered once. libvirt frees the box via freecb.
         let rc = unsafe { sys::virConnectDomainEventDeregisterAny(self.conn.as_ptr(), self.id) };
         if rc < 0 {
-            log::debug!("deregistering lifecycle callback: {}", last_error());
+            log::debug!("deregistering a domain event callback: {}", last_error());
         }
     }
 }
@@ -263,4 +348,68 @@ pub fn domain_state(dom: &virt::domain::Domain) -> Result<(i32, i32), virt::erro
         return Err(virt::error::Error::last_error());
     }
     Ok((state, reason))
+}
+
+/// `virDomainBlockCommit` of the active layer of `disk` into `base` (a path in its chain).
+pub fn block_commit(
+    dom: &virt::domain::Domain,
+    disk: &str,
+    base: &str,
+    flags: u32,
+) -> Result<(), String> {
+    let (disk, base) = (cstring(disk)?, cstring(base)?);
+    // SAFETY: `dom` owns a live reference; the strings outlive the call; `top` NULL means the
+    // active layer, as documented.
+    let rc = unsafe {
+        sys::virDomainBlockCommit(
+            dom.as_ptr(),
+            disk.as_ptr(),
+            base.as_ptr(),
+            std::ptr::null(),
+            0,
+            flags,
+        )
+    };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// `virDomainBlockJobAbort`: without flags, a ready active commit ends keeping the top image
+/// as the active layer; the base keeps everything that was committed.
+pub fn block_job_abort(dom: &virt::domain::Domain, disk: &str, flags: u32) -> Result<(), String> {
+    let disk = cstring(disk)?;
+    // SAFETY: `dom` owns a live reference; `disk` outlives the call.
+    let rc = unsafe { sys::virDomainBlockJobAbort(dom.as_ptr(), disk.as_ptr(), flags) };
+    if rc < 0 {
+        return Err(last_error());
+    }
+    Ok(())
+}
+
+/// `virDomainGetBlockJobInfo`: `(cur, end)` of the job on `disk`, `None` when there is none.
+/// libvirt reports `cur == end` exactly when an active commit is ready.
+pub fn block_job_info(
+    dom: &virt::domain::Domain,
+    disk: &str,
+) -> Result<Option<(u64, u64)>, String> {
+    let disk = cstring(disk)?;
+    let mut info = std::mem::MaybeUninit::<sys::virDomainBlockJobInfo>::zeroed();
+    // SAFETY: `dom` owns a live reference; `info` is a zeroed struct of the type libvirt fills.
+    let rc =
+        unsafe { sys::virDomainGetBlockJobInfo(dom.as_ptr(), disk.as_ptr(), info.as_mut_ptr(), 0) };
+    match rc {
+        n if n < 0 => Err(last_error()),
+        0 => Ok(None),
+        _ => {
+            // SAFETY: libvirt returned 1, so it filled `info`.
+            let info = unsafe { info.assume_init() };
+            Ok(Some((info.cur, info.end)))
+        }
+    }
+}
+
+fn cstring(s: &str) -> Result<std::ffi::CString, String> {
+    std::ffi::CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
 }

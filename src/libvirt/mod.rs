@@ -1,6 +1,7 @@
 //! The only place that touches libvirt.
 
 pub mod domains;
+pub mod engine;
 pub mod events;
 mod ffi;
 pub mod model;

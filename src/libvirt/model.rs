@@ -165,6 +165,8 @@ fn reconcile(
             uuid: old.uuid.clone(),
             kind: Lifecycle::Stopped(detail),
             after_reconnect: true,
+            engine_job: None,
+            ended_before_asked: false,
         }));
     }
     out
@@ -180,6 +182,7 @@ mod tests {
             name: name.into(),
             uuid: format!("uuid-{name}"),
             state: DomainState::from_raw(state, reason),
+            engine_job: None,
         }
     }
 
@@ -279,6 +282,8 @@ mod tests {
                 uuid: "uuid-a".into(),
                 kind: Lifecycle::from_raw(event, detail),
                 after_reconnect: false,
+                engine_job: None,
+                ended_before_asked: false,
             })
         };
         m.apply(ev(2, 0));

@@ -168,10 +168,16 @@ pub fn list_domains(conn: &Connect) -> Result<Vec<DomainSnapshot>, virt::error::
         else {
             continue;
         };
+        let state = super::events::DomainState::from_raw(state, reason);
         out.push(DomainSnapshot {
+            engine_job: state
+                .kind
+                .is_active()
+                .then(|| super::engine::engine_run(&dom))
+                .flatten(),
             name,
             uuid,
-            state: super::events::DomainState::from_raw(state, reason),
+            state,
         });
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -181,7 +187,7 @@ pub fn list_domains(conn: &Connect) -> Result<Vec<DomainSnapshot>, virt::error::
 /// Everything that exists only while a connection is up; dropped in field order on
 /// disconnect (callbacks deregistered before the connection is released).
 struct Session {
-    _lifecycle: ffi::LifecycleRegistration,
+    _lifecycle: ffi::EventRegistration,
     _close: ffi::CloseRegistration,
     conn: Connect,
 }
@@ -201,15 +207,28 @@ fn open_session(
     let close = ffi::register_close(&conn, move |reason| {
         let _ = ctl.send(Control::Closed(reason));
     })?;
-    let (ev_tx, ev_uri) = (tx.clone(), uri.to_string());
+    let (ev_tx, ev_uri, ev_conn) = (tx.clone(), uri.to_string(), conn.clone());
     let lifecycle = ffi::register_lifecycle(&conn, move |raw| {
+        let kind = Lifecycle::from_raw(raw.event, raw.detail);
+        // Asked now, while the domain runs: the engine's own paused start is marked in its
+        // live definition. (A call from an event callback is fine: the RPC client does its
+        // own I/O.)
+        let (mut engine_job, mut ended_before_asked) = (None, false);
+        if matches!(kind, Lifecycle::Started(_)) {
+            if let Ok(dom) = ev_conn.lookup_domain_by_uuid_string(&raw.uuid) {
+                engine_job = super::engine::engine_run(&dom);
+                ended_before_asked = engine_job.is_none() && dom.is_active() == Ok(false);
+            }
+        }
         let event = DomainEvent {
             time: SystemTime::now(),
             uri: ev_uri.clone(),
             domain: raw.name,
             uuid: raw.uuid,
-            kind: Lifecycle::from_raw(raw.event, raw.detail),
+            kind,
             after_reconnect: false,
+            engine_job,
+            ended_before_asked,
         };
         // Unbounded channel: never blocks the libvirt event loop.
         let _ = ev_tx.try_send(MonitorEvent::Domain(event));

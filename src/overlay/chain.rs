@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::backend::EngineKind;
 use super::image;
 
 /// A `<disk>` of a domain definition.
@@ -69,6 +70,9 @@ pub struct ManagedDisk {
     pub base_format: String,
     pub virtual_size: u64,
     pub cluster_size: Option<u64>,
+    /// Who works on this disk (records written before there was a choice say nothing).
+    #[serde(default)]
+    pub engine: EngineKind,
 }
 
 /// A disk that is listed but not managed, with the reason.
@@ -136,11 +140,22 @@ pub fn inspect_overlay(target: &str, overlay: &Path) -> Result<ManagedDisk, Stri
             .unwrap_or_else(|| base.format.clone()),
         virtual_size: top.virtual_size,
         cluster_size: top.cluster_size,
+        engine: EngineKind::QemuImg,
     })
 }
 
-/// Finds the managed disks of a domain from its XML. `pins` fix the base of a given overlay.
+/// Finds the managed disks of a domain from its XML, inspecting each with `qemu-img`.
+/// `pins` fix the base of a given overlay.
 pub fn discover(xml: &str, pins: &[Pin]) -> Result<DomainDisks, String> {
+    discover_with(xml, pins, &inspect_overlay)
+}
+
+/// As [`discover`], with `inspect(target, source)` choosing the engine of each disk.
+pub fn discover_with(
+    xml: &str,
+    pins: &[Pin],
+    inspect: &dyn Fn(&str, &Path) -> Result<ManagedDisk, String>,
+) -> Result<DomainDisks, String> {
     let mut out = DomainDisks::default();
     for d in parse_disks(xml)? {
         let skip = |reason: String| SkippedDisk {
@@ -171,13 +186,13 @@ pub fn discover(xml: &str, pins: &[Pin]) -> Result<DomainDisks, String> {
                 .push(skip(format!("{t} image: only qcow2 overlays are managed")));
             continue;
         }
-        match inspect_overlay(&d.target, Path::new(source)) {
+        match inspect(&d.target, Path::new(source)) {
             Ok(mut disk) => {
                 if let Some(pin) = pins
                     .iter()
-                    .find(|p| image::same_file(&p.overlay, &disk.overlay))
+                    .find(|p| image::same_path(&p.overlay, &disk.overlay))
                 {
-                    if !image::same_file(&pin.base, &disk.base) {
+                    if !image::same_path(&pin.base, &disk.base) {
                         out.skipped.push(skip(format!(
                             "pinned base {} is not the backing file of {} (which is {})",
                             pin.base.display(),

@@ -124,6 +124,11 @@ pub fn absolute(p: &Path) -> PathBuf {
 }
 
 /// The same file? (canonical paths, so symlinks and `..` do not hide a match)
+/// The same file, or (for images this process cannot see) the same path.
+pub fn same_path(a: &Path, b: &Path) -> bool {
+    a == b || same_file(a, b)
+}
+
 pub fn same_file(a: &Path, b: &Path) -> bool {
     match (a.canonicalize(), b.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,

@@ -218,6 +218,7 @@ mod tests {
                 base_format: "qcow2".into(),
                 virtual_size: 1 << 20,
                 cluster_size: Some(65536),
+                engine: Default::default(),
             },
             phase: Phase::Committing,
             overlay_stamp: None,

@@ -3,13 +3,15 @@
 //! [`DomainCheck`]). Blocking work runs on a worker thread and reports over a channel, so it
 //! never blocks the caller's main loop.
 
+pub mod backend;
 pub mod chain;
 pub mod error;
 pub mod image;
 pub mod journal;
 pub mod ops;
 
-pub use chain::{discover, DomainDisks, ManagedDisk, Pin, SkippedDisk};
+pub use backend::{EngineChoice, EngineKind, Images};
+pub use chain::{discover, discover_with, DomainDisks, ManagedDisk, Pin, SkippedDisk};
 pub use error::EngineError;
 pub use journal::{Journal, OpKind, Record};
 pub use ops::{DomainCheck, Outcome, Progress, Request};

@@ -11,10 +11,11 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use super::chain::{inspect_overlay, ManagedDisk};
+use super::backend::{EngineKind, Images, QemuImg};
+use super::chain::ManagedDisk;
 use super::error::EngineError;
 use super::image;
-use super::journal::{sync_dir, Journal, OpKind, Phase, Record, Stamp};
+use super::journal::{sync_dir, Journal, OpKind, Phase, Record};
 use crate::i18n::{tr, tr_f};
 
 /// What the engine needs to know about the domain; implemented over libvirt by the caller, so
@@ -24,6 +25,15 @@ pub trait DomainCheck: Send {
     fn ensure_inactive(&self) -> Result<(), EngineError>;
     /// Disks of any domain, other than `overlay`, whose backing chain contains `base`.
     fn other_users(&self, base: &Path, overlay: &Path) -> Result<Vec<String>, EngineError>;
+    /// The engine that works on disks of kind `kind`. Only `qemu-img` needs no connection.
+    fn images(&self, kind: EngineKind) -> Result<&dyn Images, EngineError> {
+        match kind {
+            EngineKind::QemuImg => Ok(&QemuImg),
+            EngineKind::Libvirt => Err(EngineError::NotManaged {
+                what: "the libvirt engine needs a connection to the domain's libvirtd".into(),
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -71,6 +81,14 @@ fn data_in_base() -> String {
     tr("The guest's data is intact: it is in the base, and the old overlay is still in place. The operation is journaled and will be finished at the next start")
 }
 
+/// Guest data in the overlay of `disk`, asked of the engine that works on it.
+pub fn changed_bytes(disk: &ManagedDisk, check: &dyn DomainCheck) -> Result<u64, String> {
+    check
+        .images(disk.engine)
+        .map_err(|e| e.to_string())?
+        .changed_bytes(disk)
+}
+
 /// Checks every precondition of `req`; writes nothing. Returns the overlay's changed bytes.
 pub fn preflight(
     req: &Request,
@@ -78,7 +96,9 @@ pub fn preflight(
     journal: &Journal,
 ) -> Result<u64, EngineError> {
     let disk = &req.disk;
-    let now = inspect_overlay(&disk.target, &disk.overlay)
+    let images = check.images(disk.engine)?;
+    let now = images
+        .inspect(&disk.target, &disk.overlay)
         .map_err(|what| EngineError::NotManaged { what })?;
     if now.base != disk.base {
         return Err(EngineError::NotManaged {
@@ -98,31 +118,15 @@ pub fn preflight(
         });
     }
     check.ensure_inactive()?;
-    image::ensure_unlocked(&[&disk.overlay, &disk.base])?;
-    let dir = disk.overlay.parent().unwrap_or(Path::new("/"));
-    image::is_writable(dir).map_err(|reason| EngineError::NotWritable {
-        what: format!("the overlay's directory {}", dir.display()),
-        reason,
-    })?;
-    let changed =
-        image::changed_bytes(&disk.overlay).map_err(|what| EngineError::NotFound { what })?;
-    if req.op == OpKind::Commit {
-        image::is_writable(&disk.base).map_err(|reason| EngineError::NotWritable {
-            what: format!("the base {}", disk.base.display()),
-            reason,
-        })?;
+    let commit = req.op == OpKind::Commit;
+    images.ensure_unlocked(disk, true)?;
+    images.ensure_writable(disk, commit)?;
+    let changed = images
+        .changed_bytes(disk)
+        .map_err(|what| EngineError::NotFound { what })?;
+    if commit {
         let mut users = check.other_users(&disk.base, &disk.overlay)?;
-        let mut dirs = vec![dir.to_path_buf()];
-        if let Some(bdir) = disk.base.parent().filter(|b| *b != dir) {
-            dirs.push(bdir.to_path_buf());
-        }
-        for d in dirs {
-            users.extend(
-                image::other_overlays_of(&d, &disk.base, &disk.overlay)
-                    .into_iter()
-                    .map(|p| p.display().to_string()),
-            );
-        }
+        users.extend(images.other_overlays(disk));
         users.sort();
         users.dedup();
         if !users.is_empty() {
@@ -131,7 +135,9 @@ pub fn preflight(
                 users,
             });
         }
-        let free = image::free_space(&disk.base).map_err(|what| EngineError::NotFound { what })?;
+        let free = images
+            .free_space(disk)
+            .map_err(|what| EngineError::NotFound { what })?;
         if free < changed {
             return Err(EngineError::NoSpace {
                 base: disk.base.clone(),
@@ -163,7 +169,7 @@ pub fn run(
         },
         overlay_stamp: match req.op {
             OpKind::Commit => None,
-            OpKind::Discard => Stamp::of(&req.disk.overlay).ok(),
+            OpKind::Discard => check.images(req.disk.engine)?.stamp(&req.disk),
         },
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
     };
@@ -187,9 +193,11 @@ pub fn resume(
     journal: &Journal,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Outcome, EngineError> {
+    let images = check.images(rec.disk.engine)?;
+    images.clean_up_interrupted()?;
     check.ensure_inactive()?;
-    image::ensure_unlocked(&[&rec.disk.overlay, &rec.disk.base])?;
-    let changed = image::changed_bytes(&rec.disk.overlay).unwrap_or(0);
+    images.ensure_unlocked(&rec.disk, true)?;
+    let changed = images.changed_bytes(&rec.disk).unwrap_or(0);
     execute(rec, check, journal, progress, changed, true)
 }
 
@@ -202,12 +210,13 @@ fn execute(
     resumed: bool,
 ) -> Result<Outcome, EngineError> {
     let overlay = rec.disk.overlay.clone();
+    let images = check.images(rec.disk.engine)?;
     if rec.phase == Phase::Committing {
         // Right before the write: QEMU's own locks cover the rest of the commit (a guest
         // started now cannot open the overlay).
         if let Err(e) = check
             .ensure_inactive()
-            .and_then(|_| image::ensure_unlocked(&[&overlay, &rec.disk.base]))
+            .and_then(|_| images.prepare_write(&rec.disk, Phase::Committing))
         {
             // Nothing written yet: a fresh run leaves no record behind, so "nothing was
             // changed" is true; a resumed one stays journaled for the next start.
@@ -216,10 +225,11 @@ fn execute(
             }
             return Err(e);
         }
-        commit_image(&overlay, progress)
+        images
+            .commit(&rec.disk, progress)
             .map_err(|e| failed("commit", &overlay, e, &data_in_overlay()))?;
         progress(Progress::CheckingBase);
-        if let Err(e) = check_image(&rec.disk.base, &rec.disk.base_format) {
+        if let Err(e) = images.check_base(&rec.disk) {
             // The base may be damaged: keep the overlay, which still reads correctly on top
             // of everything it wrote, and let a person decide. Nothing is retried.
             let _ = journal.finish(&overlay);
@@ -231,14 +241,14 @@ fn execute(
             ));
         }
         rec.phase = Phase::Rebuilding;
-        rec.overlay_stamp = Stamp::of(&overlay).ok();
+        rec.overlay_stamp = images.stamp(&rec.disk);
         journal
             .update(&rec)
             .map_err(|e| failed("commit", &overlay, format!("journal: {e}"), &data_in_base()))?;
     }
     if let Err(e) = check
         .ensure_inactive()
-        .and_then(|_| image::ensure_unlocked(&[&overlay]))
+        .and_then(|_| images.prepare_write(&rec.disk, Phase::Rebuilding))
     {
         return Err(match rec.op {
             // The base already holds the guest's data: not "nothing was changed".
@@ -264,8 +274,10 @@ fn execute(
             }
         });
     }
-    let now = Stamp::of(&overlay).ok();
-    if rec.overlay_stamp.is_some() && now != rec.overlay_stamp {
+    let now = images.stamp(&rec.disk);
+    // No overlay at all: the libvirt engine was interrupted between deleting the old volume
+    // and creating the new one; creating it is all that is left.
+    if rec.overlay_stamp.is_some() && now.is_some() && now != rec.overlay_stamp {
         // Someone (a guest started meanwhile) wrote to the overlay: rebuilding would lose
         // that. Keep it, and drop the record so the overlay is not blocked forever.
         let _ = journal.finish(&overlay);
@@ -277,7 +289,7 @@ fn execute(
         ));
     }
     progress(Progress::Rebuilding);
-    rebuild(&rec.disk).map_err(|e| {
+    images.rebuild(&rec.disk).map_err(|e| {
         failed(
             rec.op.word(),
             &overlay,
@@ -316,7 +328,10 @@ pub fn parse_progress(chunk: &str) -> Option<f64> {
         .map(|p| (p / 100.0).clamp(0.0, 1.0))
 }
 
-fn commit_image(overlay: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), String> {
+pub(super) fn commit_image(
+    overlay: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), String> {
     // -d: leave the overlay as it is (it is replaced next), which also keeps it a complete
     // copy of the guest's changes until the rebuild.
     let mut child = image::qemu_img()
@@ -363,7 +378,7 @@ fn commit_image(overlay: &Path, progress: &mut dyn FnMut(Progress)) -> Result<()
 }
 
 /// `qemu-img check` of a qcow2 base; leaked clusters (exit 3) are harmless.
-fn check_image(base: &Path, format: &str) -> Result<(), String> {
+pub(super) fn check_image(base: &Path, format: &str) -> Result<(), String> {
     if format != "qcow2" {
         return Ok(()); // qemu-img check knows nothing to check in raw images
     }

@@ -15,7 +15,7 @@ use gtk::{gio, glib};
 use crate::app::{Effect, Input, InspectReason, Machine, Summary, VmKey};
 use crate::i18n::{tr, tr_f};
 use crate::libvirt::{self, domains::LibvirtCheck, Model, Monitor, MonitorConfig};
-use crate::overlay::{self, JobEvent, Journal, OpKind, Progress, Request};
+use crate::overlay::{self, EngineChoice, JobEvent, Journal, OpKind, Progress, Request};
 use crate::tray::{TrayAction, TrayState, TrayVm, VmTray};
 use crate::units::human_bytes;
 use crate::{config, settings};
@@ -54,6 +54,7 @@ struct State {
     tray_state: TrayState,
     journal: Journal,
     demo: Option<crate::demo::Demo>,
+    engine: EngineChoice,
 }
 
 pub struct Controller {
@@ -87,13 +88,27 @@ pub fn run(argv: Vec<String>) -> i32 {
             // A second launch hands its arguments to the running instance.
             Some(c) => c.add_uris(cli.uris()),
             None if cli.demo => match crate::demo::Demo::create() {
-                Ok(demo) => *slot = Some(Controller::start(app, Vec::new(), Some(demo))),
+                Ok(demo) => {
+                    *slot = Some(Controller::start(
+                        app,
+                        Vec::new(),
+                        Some(demo),
+                        cli.engine.choice(),
+                    ))
+                }
                 Err(e) => {
                     eprintln!("vmoverlay: cannot set up the demo: {e}. Nothing was changed.");
                     return glib::ExitCode::FAILURE;
                 }
             },
-            None => *slot = Some(Controller::start(app, cli.uris(), None)),
+            None => {
+                *slot = Some(Controller::start(
+                    app,
+                    cli.uris(),
+                    None,
+                    cli.engine.choice(),
+                ))
+            }
         }
         glib::ExitCode::SUCCESS
     });
@@ -105,6 +120,7 @@ impl Controller {
         app: &adw::Application,
         mut uris: Vec<String>,
         demo: Option<crate::demo::Demo>,
+        engine: EngineChoice,
     ) -> Rc<Controller> {
         if let Some(d) = &demo {
             uris = vec![d.uri.clone()];
@@ -128,6 +144,7 @@ impl Controller {
                 },
                 journal: Journal::default_location(),
                 demo,
+                engine,
             }),
         });
         if ctl.state.borrow().demo.is_some() {
@@ -326,7 +343,8 @@ impl Controller {
         let c = self.clone();
         glib::spawn_future_local(async move {
             let (k, conn) = (key.clone(), c.connection_for(&key.uri));
-            let changed = gio::spawn_blocking(move || inspect_vm(&k, conn))
+            let engine = c.state.borrow().engine;
+            let changed = gio::spawn_blocking(move || inspect_vm(&k, conn, engine))
                 .await
                 .unwrap_or_else(|_| Err("inspection panicked".into()));
             c.input(Input::Inspected {
@@ -342,7 +360,8 @@ impl Controller {
         let journal = self.state.borrow().journal.clone();
         glib::spawn_future_local(async move {
             let (k, conn) = (key.clone(), c.connection_for(&key.uri));
-            let plan = gio::spawn_blocking(move || plan_job(&k, op, conn))
+            let engine = c.state.borrow().engine;
+            let plan = gio::spawn_blocking(move || plan_job(&k, op, conn, engine))
                 .await
                 .unwrap_or_else(|_| Err("planning panicked".into()));
             let result = match plan {
@@ -351,7 +370,7 @@ impl Controller {
                     let mut total = 0;
                     let mut error = None;
                     for req in requests {
-                        let check = Box::new(LibvirtCheck::new(conn.clone(), &key.name));
+                        let check = Box::new(LibvirtCheck::new(conn.clone(), &key.uri, &key.name));
                         let rx = overlay::spawn(req, check, journal.clone());
                         while let Ok(ev) = rx.recv().await {
                             match ev {
@@ -535,36 +554,43 @@ impl Controller {
 }
 
 /// Total changed bytes of a VM's managed disks (blocking: libvirt + qemu-img).
-fn inspect_vm(key: &VmKey, conn: Option<virt::connect::Connect>) -> Result<u64, String> {
-    let (_, found) = discover_vm(key, conn)?;
+fn inspect_vm(
+    key: &VmKey,
+    conn: Option<virt::connect::Connect>,
+    engine: EngineChoice,
+) -> Result<u64, String> {
+    let (check, found) = discover_vm(key, conn, engine)?;
     if found.managed.is_empty() {
         return Err("no managed disk".into());
     }
     found
         .managed
         .iter()
-        .map(|d| overlay::image::changed_bytes(&d.overlay))
+        .map(|d| overlay::ops::changed_bytes(d, &check))
         .sum()
 }
 
 fn discover_vm(
     key: &VmKey,
     conn: Option<virt::connect::Connect>,
-) -> Result<(virt::connect::Connect, overlay::DomainDisks), String> {
+    engine: EngineChoice,
+) -> Result<(LibvirtCheck, overlay::DomainDisks), String> {
     let conn = match conn {
         Some(c) => c,
         None => libvirt::open(&key.uri, true).map_err(|e| e.message().to_string())?,
     };
-    let found = libvirt::domains::domain_disks(&conn, &key.name)?;
-    Ok((conn, found))
+    let check = LibvirtCheck::new(conn, &key.uri, &key.name);
+    let found = libvirt::domains::domain_disks(&check, engine)?;
+    Ok((check, found))
 }
 
 fn plan_job(
     key: &VmKey,
     op: OpKind,
     conn: Option<virt::connect::Connect>,
+    engine: EngineChoice,
 ) -> Result<(virt::connect::Connect, Vec<Request>), String> {
-    let (conn, found) = discover_vm(key, conn)?;
+    let (check, found) = discover_vm(key, conn, engine)?;
     if found.managed.is_empty() {
         return Err(format!("{} has no managed disk", key.name));
     }
@@ -578,7 +604,7 @@ fn plan_job(
             disk,
         })
         .collect();
-    Ok((conn, requests))
+    Ok((check.connection().clone(), requests))
 }
 
 /// Finishes what the journal holds; returns a line per operation for notifications.

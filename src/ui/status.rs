@@ -35,6 +35,8 @@ impl Row {
                     tr_f("discarding {percent}%", &[("percent", &pct)])
                 }
             });
+        } else if vm.engine_run.is_some() {
+            parts.push(tr("being worked on by VM Overlay"));
         } else if vm.active {
             parts.push(tr("running"));
         } else {
@@ -61,6 +63,7 @@ impl Row {
             last: vm.last_result.clone(),
             can_act: !vm.active
                 && vm.job.is_none()
+                && vm.engine_run.is_none()
                 && vm.changed.is_some_and(|n| n > 0)
                 && vm.keep_overlay.is_none(),
         }
