@@ -8,9 +8,12 @@
 
 #[path = "support/args.rs"]
 mod args;
+#[path = "support/images.rs"]
+mod images;
 use args::arg;
+use images::{dirty_pair, median, run, secs};
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -27,48 +30,6 @@ impl DomainCheck for NoDomain {
     fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, EngineError> {
         Ok(Vec::new())
     }
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A base with some data and an overlay with `mib` MiB written over it, in `dir`.
-fn dirty_pair(dir: &Path, mib: usize) -> (PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let base = dir.join("base.qcow2");
-    let overlay = dir.join("overlay.qcow2");
-    let size = format!("{}M", mib * 2);
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg(&size));
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0xaa 0 64M"])
-        .arg(&base));
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&base)
-        .arg(&overlay));
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P 0x55 0 {mib}M"))
-        .arg(&overlay));
-    (base, overlay)
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.3} s", d.as_secs_f64())
 }
 
 fn status_bench(root: &Path, domains: usize, rounds: usize) -> Duration {
