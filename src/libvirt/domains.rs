@@ -49,8 +49,14 @@ pub fn domain_disks(check: &LibvirtCheck, choice: EngineChoice) -> Result<Domain
             EngineChoice::Auto if !local => via_libvirt(target, source),
             EngineChoice::Auto => match QemuImg.inspect(target, source) {
                 Ok(disk) if locally_writable(&disk) => Ok(disk),
-                // Readable but not writable here, or not even readable: let libvirtd work.
-                local_result => via_libvirt(target, source).or(local_result),
+                // Readable but not writable here: let libvirtd work.
+                Ok(disk) => via_libvirt(target, source).or(Ok(disk)),
+                // Not even readable here (or not here at all, as in a sandbox): libvirtd.
+                // A refusal about the image itself (a symlink, no backing file) stands.
+                Err(e) if std::fs::File::open(source).is_err() => {
+                    via_libvirt(target, source).map_err(|lv| format!("{e}; through libvirt: {lv}"))
+                }
+                Err(e) => Err(e),
             },
         }
     };

@@ -401,6 +401,13 @@ impl Images for LibvirtImages {
 
     fn inspect(&self, target: &str, overlay: &Path) -> Result<ManagedDisk, String> {
         let (_, _, vol) = self.volume(overlay)?;
+        if vol.path != overlay {
+            return Err(format!(
+                "overlay {} is a link to {}; name the real file so it can be replaced safely",
+                overlay.display(),
+                vol.path.display()
+            ));
+        }
         if vol.format != "qcow2" {
             return Err(format!(
                 "{} is a {} image, not a qcow2 overlay",
