@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-fn run(cmd: &mut Command) {
+pub fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run tool");
     assert!(
         out.status.success(),
@@ -15,7 +15,7 @@ fn run(cmd: &mut Command) {
 }
 
 /// A base with some data and an overlay with `mib` MiB written over it, in `dir`.
-fn dirty_pair(dir: &Path, mib: usize) -> (PathBuf, PathBuf) {
+pub fn dirty_pair(dir: &Path, mib: usize) -> (PathBuf, PathBuf) {
     std::fs::create_dir_all(dir).unwrap();
     let base = dir.join("base.qcow2");
     let overlay = dir.join("overlay.qcow2");
@@ -38,11 +38,11 @@ fn dirty_pair(dir: &Path, mib: usize) -> (PathBuf, PathBuf) {
     (base, overlay)
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
+pub fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-fn secs(d: Duration) -> String {
+pub fn secs(d: Duration) -> String {
     format!("{:.3} s", d.as_secs_f64())
 }
