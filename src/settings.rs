@@ -111,6 +111,39 @@ pub fn autostart_enabled() -> bool {
     autostart_path().exists()
 }
 
+/// The command line that starts the app at login, watching `uris`.
+pub fn autostart_command(uris: &[String]) -> Vec<String> {
+    let mut cmd = vec!["vmoverlay".to_string()];
+    for u in uris {
+        cmd.push("--connect".into());
+        cmd.push(u.clone());
+    }
+    cmd
+}
+
+/// Inside Flatpak the Background portal keeps the entry, and cannot be asked for it later:
+/// the last answer is remembered here.
+fn portal_autostart_path() -> PathBuf {
+    config_dir().join("autostart-granted")
+}
+
+pub fn portal_autostart_remembered() -> bool {
+    portal_autostart_path().exists()
+}
+
+pub fn remember_portal_autostart(enabled: bool) -> Result<(), String> {
+    let path = portal_autostart_path();
+    let done = if enabled {
+        std::fs::create_dir_all(config_dir()).and_then(|_| std::fs::write(&path, "1\n"))
+    } else {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    };
+    done.map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Writes or removes the autostart entry. `uris` are passed on to the started app.
 pub fn set_autostart(enabled: bool, uris: &[String]) -> Result<(), String> {
     let path = autostart_path();
@@ -122,14 +155,19 @@ pub fn set_autostart(enabled: bool, uris: &[String]) -> Result<(), String> {
             _ => Ok(()),
         };
     }
-    let mut exec = String::from("vmoverlay");
-    for u in uris {
-        // Desktop-entry quoting: a URI is one argument inside double quotes.
-        exec.push_str(&format!(
-            " --connect \"{}\"",
-            u.replace(['"', '\\', '`', '$'], "")
-        ));
-    }
+    // Desktop-entry quoting: a URI is one argument inside double quotes, without the
+    // characters that would need escaping (no URI needs them).
+    let exec = autostart_command(uris)
+        .iter()
+        .map(|a| {
+            if a.starts_with('-') || a == "vmoverlay" {
+                a.clone()
+            } else {
+                format!("\"{}\"", a.replace(['"', '\\', '`', '$'], ""))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let entry = format!(
         "[Desktop Entry]\nType=Application\nName=VM Overlay\n\
          Comment=Commit or discard a VM's overlay when it shuts down\n\

@@ -50,6 +50,24 @@ fn policies_autostart_and_pins_round_trip() {
     );
     settings::set_autostart(false, &[]).unwrap();
     assert!(!settings::autostart_enabled());
+    // Inside Flatpak the Background portal gets the same command line, and its answer is
+    // remembered (the portal cannot be asked later).
+    assert_eq!(
+        settings::autostart_command(&["qemu:///system".into(), "test:///default".into()]),
+        [
+            "vmoverlay",
+            "--connect",
+            "qemu:///system",
+            "--connect",
+            "test:///default"
+        ]
+    );
+    assert!(!settings::portal_autostart_remembered());
+    settings::remember_portal_autostart(true).unwrap();
+    assert!(settings::portal_autostart_remembered());
+    settings::remember_portal_autostart(false).unwrap();
+    settings::remember_portal_autostart(false).unwrap();
+    assert!(!settings::portal_autostart_remembered());
 
     std::fs::write(
         dir.path().join("vmoverlay/pins.json"),

@@ -2,6 +2,7 @@
 //! runs the monitor, the state machine, the prompt, the status window and the tray on one glib
 //! main loop. Blocking work (discovery, qemu-img) runs off the loop.
 
+mod autostart;
 mod prompt;
 mod status;
 
@@ -138,7 +139,7 @@ impl Controller {
                 status: None,
                 tray: None,
                 tray_state: TrayState {
-                    autostart: settings::autostart_enabled(),
+                    autostart: autostart::enabled(),
                     demo: demo.as_ref().map(|_| true),
                     ..Default::default()
                 },
@@ -195,8 +196,11 @@ impl Controller {
                 state: c.state.borrow().tray_state.clone(),
                 tx,
             };
-            let in_flatpak = std::path::Path::new("/.flatpak-info").exists();
-            match tray.disable_dbus_name(in_flatpak).spawn().await {
+            match tray
+                .disable_dbus_name(autostart::in_flatpak())
+                .spawn()
+                .await
+            {
                 Ok(handle) => {
                     c.state.borrow_mut().tray = Some(handle);
                     test_hook("tray-ready", &VmKey::new("", ""), serde_json::Value::Null);
@@ -429,11 +433,18 @@ impl Controller {
                     let st = self.state.borrow();
                     (!st.tray_state.autostart, st.uris.clone())
                 };
-                if let Err(e) = settings::set_autostart(enable, &uris) {
-                    self.notify(&tr("Could not change start at login"), &e, true);
-                }
-                self.state.borrow_mut().tray_state.autostart = settings::autostart_enabled();
-                self.push_tray();
+                let c = self.clone();
+                glib::spawn_future_local(async move {
+                    let now = match autostart::set(enable, &uris).await {
+                        Ok(now) => now,
+                        Err(e) => {
+                            c.notify(&tr("Could not change start at login"), &e, true);
+                            autostart::enabled()
+                        }
+                    };
+                    c.state.borrow_mut().tray_state.autostart = now;
+                    c.push_tray();
+                });
             }
             TrayAction::DemoPower(on) => self.demo_power(on),
             TrayAction::Quit => self.app.quit(),
