@@ -6,7 +6,7 @@ It checks what the manifest test cannot: that each archive really has its sha256
 each module configures and builds with exactly the manifest's options. The Flatpak build
 itself needs a Flatpak remote, which these machines do not have.
 
-    build-aux/build-modules-outside-flatpak.py PREFIX [--cache DIR]
+    build-aux/build-modules-outside-flatpak.py PREFIX [--cache DIR] [--only MODULE]
 
 Needs the usual build tools (meson, ninja, a C compiler) and the -dev packages of what the
 GNOME SDK provides (glib, libxml2, gnutls).
@@ -76,8 +76,9 @@ def main():
     work = prefix / "work"
     work.mkdir(parents=True, exist_ok=True)
     manifest = json.loads(MANIFEST.read_text())
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None
     for module in manifest["modules"]:
-        if module["name"] == "vmoverlay":
+        if module["name"] == "vmoverlay" or only not in (None, module["name"]):
             continue
         print(f"== {module['name']}", flush=True)
         build(module, prefix, cache, work)

@@ -61,23 +61,72 @@ fn potfiles_lists_every_source_file_with_translatable_strings() {
         .filter(|p| marks_strings(&std::fs::read_to_string(p).unwrap()))
         .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
         .collect();
+    let listed = potfiles();
+    let (sources, data): (BTreeSet<String>, BTreeSet<String>) =
+        listed.into_iter().partition(|f| f.starts_with("src/"));
     assert_eq!(
-        potfiles(),
-        marked,
+        sources, marked,
         "po/POTFILES.in must list exactly the files with tr()/tr_f()"
     );
+    // And every desktop file and the metainfo, whose texts are translated too.
+    let translatable_data: BTreeSet<String> = std::fs::read_dir(root.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".desktop.in") || n.ends_with(".metainfo.xml.in"))
+        .map(|n| format!("data/{n}"))
+        .collect();
+    assert_eq!(data, translatable_data);
+}
+
+#[test]
+fn the_desktop_files_and_the_metainfo_are_translated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = manifest_dir();
+    for f in potfiles().iter().filter(|f| f.starts_with("data/")) {
+        let (kind, out) = if f.ends_with(".desktop.in") {
+            ("--desktop", tmp.path().join("out.desktop"))
+        } else {
+            ("--xml", tmp.path().join("out.xml"))
+        };
+        let st = Command::new("msgfmt")
+            .arg(kind)
+            .arg("--template")
+            .arg(root.join(f))
+            .arg("-d")
+            .arg(root.join("po"))
+            .arg("-o")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(st.success(), "msgfmt {kind} {f}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        for lang in linguas() {
+            if kind == "--desktop" {
+                for key in ["Name", "Comment"] {
+                    assert!(
+                        text.contains(&format!("{key}[{lang}]=")),
+                        "{f}: no {key}[{lang}]"
+                    );
+                }
+            } else {
+                assert!(
+                    text.contains(&format!("<summary xml:lang=\"{lang}\">")),
+                    "{f}: no summary in {lang}"
+                );
+                assert!(
+                    text.contains(&format!("<p xml:lang=\"{lang}\">")),
+                    "{f}: no description in {lang}"
+                );
+            }
+        }
+    }
 }
 
 fn fresh_template(dir: &Path) -> std::path::PathBuf {
     let pot = dir.join("vmoverlay.pot");
     let out = Command::new("xgettext")
-        .args([
-            "--language=C",
-            "--from-code=UTF-8",
-            "--keyword=tr",
-            "--keyword=tr_f",
-            "-o",
-        ])
+        // No --language: desktop files and the metainfo are read by their kind, Rust as C.
+        .args(["--from-code=UTF-8", "--keyword=tr", "--keyword=tr_f", "-o"])
         .arg(&pot)
         .args(potfiles())
         .current_dir(manifest_dir())
