@@ -359,6 +359,60 @@ fn a_running_domain_and_a_held_overlay_are_refused_through_libvirtd() {
     assert_eq!((checksum(&vm.base), checksum(&vm.overlay)), sums);
 }
 
+/// The "remote" URI of the test bed: the same libvirtd over TCP on the loopback.
+fn tcp_uri() -> String {
+    let out = Command::new(common::testbed_script())
+        .arg("tcp-uri")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn over_a_remote_connection_the_client_touches_no_image_file() {
+    let bed = testbed_shared();
+    let state = tempfile::tempdir().unwrap();
+    let vm = private_marker_guest(&bed.uri, "vmo-lv-remote", "REMOTE-COMMIT");
+    let xml = virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]);
+    let uri = tcp_uri();
+    // The CLI runs (as root, which could write the files) in a mount namespace where the
+    // images' directory is an empty tmpfs: it can only succeed if nothing on the client
+    // touches an image.
+    let hidden = |args: &str| {
+        Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount -t tmpfs none \"$1\" && exec \"$2\" {args} --connect \"$3\""
+            ))
+            .arg("sh")
+            .arg(vm.dir.path())
+            .arg(bin())
+            .arg(&uri)
+            .env("VMOVERLAY_STATE_DIR", state.path())
+            .env("VMOVERLAY_CONFIG_DIR", state.path().join("config"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let status = hidden(&format!("status {} --json", vm.name));
+    assert_eq!(code(&status), 0, "{}", text(&status));
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(v[0]["disks"][0]["engine"], "libvirt", "{v}");
+    let out = hidden(&format!("commit {} --yes", vm.name));
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    assert_eq!(read_image(&vm.base, MARK_AT, 13), b"REMOTE-COMMIT");
+    assert_eq!(changed(&vm.overlay), 0);
+    assert_eq!(virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]), xml);
+    // `--engine qemu-img` cannot reach a remote host's files, and says so.
+    let refused = hidden(&format!("discard {} --yes --engine qemu-img", vm.name));
+    assert_eq!(code(&refused), 4, "{}", text(&refused));
+    assert!(
+        text(&refused).contains("only the libvirt engine"),
+        "{}",
+        text(&refused)
+    );
+}
+
 /// A shut-off guest with 768 MiB of data in its overlay (so the block commit takes a while),
 /// plus the guest's own marker.
 fn big_private_guest(bed: &TestbedGuard, name: &str) -> TestVm {

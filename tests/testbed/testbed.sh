@@ -57,7 +57,7 @@ start() {
     prepare
     pgrep -x virtlogd >/dev/null || virtlogd -d
     if ! running; then
-        libvirtd -d -f "$HERE/libvirtd.conf" -p "$PIDFILE"
+        libvirtd -d --listen -f "$HERE/libvirtd.conf" -p "$PIDFILE"
     fi
     for _ in $(seq 1 200); do
         if virsh -q -c "$URI" version >/dev/null 2>&1; then
@@ -92,5 +92,6 @@ case "${1:-}" in
     freeze) kill -STOP "$(cat "$PIDFILE")" ;;
     thaw) kill -CONT "$(cat "$PIDFILE")" ;;
     uri) echo "$URI" ;;
-    *) echo "usage: $0 install|start|stop|kill|uri" >&2; exit 64 ;;
+    tcp-uri) echo "qemu+tcp://127.0.0.1:16510/system" ;;
+    *) echo "usage: $0 install|start|stop|kill|freeze|thaw|uri|tcp-uri" >&2; exit 64 ;;
 esac
