@@ -250,16 +250,14 @@ fn nobody_commits_root_images_through_libvirtd_and_the_app_raises_no_prompt() {
         status_disk(home.path(), &bed.uri, &vm.name)["changed_bytes"],
         0
     );
-    // No transient pool is left behind for this directory (other tests may have theirs).
+    // The directory got a transient pool (gone when libvirtd restarts), nothing persistent.
     let dir = vm.dir.path().to_str().unwrap();
-    for pool in virsh(&bed.uri, &["pool-list", "--all", "--name"]).lines() {
-        let xml = Command::new("virsh")
-            .args(["-c", &bed.uri, "pool-dumpxml", pool.trim()])
-            .output()
-            .unwrap();
+    let persistent = virsh(&bed.uri, &["pool-list", "--persistent", "--name"]);
+    for pool in persistent.lines().filter(|l| !l.trim().is_empty()) {
+        let xml = virsh(&bed.uri, &["pool-dumpxml", pool.trim()]);
         assert!(
-            !String::from_utf8_lossy(&xml.stdout).contains(&format!("<path>{dir}</path>")),
-            "pool {pool} for {dir} is still there"
+            !xml.contains(&format!("<path>{dir}</path>")),
+            "a persistent pool {pool} was defined for {dir}"
         );
     }
     // And the guest boots again on the rebuilt overlay.

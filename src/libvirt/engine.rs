@@ -191,8 +191,6 @@ pub struct LibvirtImages {
     prepared: std::sync::Mutex<Option<PausedRun>>,
     /// QEMU held the image locks until a moment ago (the commit's run just ended).
     locks_just_held: std::sync::atomic::AtomicBool,
-    /// Transient pools this engine created, destroyed again on drop.
-    own_pools: std::sync::Mutex<Vec<StoragePool>>,
 }
 
 impl LibvirtImages {
@@ -203,7 +201,6 @@ impl LibvirtImages {
             local: is_local_uri(uri),
             prepared: Default::default(),
             locks_just_held: Default::default(),
-            own_pools: Default::default(),
         }
     }
 
@@ -212,6 +209,8 @@ impl LibvirtImages {
     }
 
     /// The active pool whose target is `dir`, creating a transient one if none covers it.
+    /// That pool is left in place: another process (the app inspecting, a CLI committing) may
+    /// be using it at the same time, and libvirtd forgets it when it restarts.
     fn pool_for(&self, dir: &Path) -> Result<StoragePool, String> {
         let dir_s = dir.to_string_lossy();
         if let Ok(pool) = self.conn.lookup_storage_pool_by_target_path(&dir_s) {
@@ -230,18 +229,22 @@ impl LibvirtImages {
             "<pool type='dir'><name>vmoverlay-{hash:016x}</name><target><path>{}</path></target></pool>",
             esc(&dir_s)
         );
-        let pool = self.conn.create_storage_pool_xml(&xml, 0).map_err(|e| {
-            format!(
-                "no storage pool covers {dir_s}, and creating one failed: {}",
-                e.message()
-            )
-        })?;
-        log::info!("created transient storage pool for {dir_s}");
-        self.own_pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(pool.clone());
-        Ok(pool)
+        match self.conn.create_storage_pool_xml(&xml, 0) {
+            Ok(pool) => {
+                log::info!("created transient storage pool for {dir_s}");
+                Ok(pool)
+            }
+            // Another process created it a moment ago.
+            Err(e) => self
+                .conn
+                .lookup_storage_pool_by_target_path(&dir_s)
+                .map_err(|_| {
+                    format!(
+                        "no storage pool covers {dir_s}, and creating one failed: {}",
+                        e.message()
+                    )
+                }),
+        }
     }
 
     /// The volume at `path`, with its pool refreshed first (files change behind libvirt).
@@ -337,21 +340,6 @@ impl LibvirtImages {
             .map_err(Self::msg)?;
         log::debug!("{}: paused run for {} started", self.domain, purpose.word());
         Ok(PausedRun { dom })
-    }
-}
-
-impl Drop for LibvirtImages {
-    fn drop(&mut self) {
-        for pool in self
-            .own_pools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-        {
-            if let Err(e) = pool.destroy() {
-                log::debug!("destroying a transient pool: {}", e.message());
-            }
-        }
     }
 }
 
