@@ -47,6 +47,17 @@ fn as_nobody(home: &Path, args: &[&str]) -> Command {
     c
 }
 
+/// `vmoverlay commit VM --yes` as `nobody`, running while the test goes on.
+fn commit_in_background(home: &Path, vm: &TestVm, uri: &str) -> ChildGuard {
+    ChildGuard(
+        as_nobody(home, &["commit", &vm.name, "--yes", "--connect", uri])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn run_as_nobody(home: &Path, args: &[&str]) -> Output {
     as_nobody(home, args).output().unwrap()
 }
@@ -74,24 +85,7 @@ fn wait_for(what: &str, within: Duration, f: impl Fn() -> bool) {
 /// A guest that wrote `marker` to its overlay and powered off; then its images are made
 /// root-owned 0600 in a root-only directory, as in /var/lib/libvirt/images.
 fn private_marker_guest(uri: &str, name: &str, marker: &str) -> TestVm {
-    let vm = TestVm::define(
-        uri,
-        name,
-        &Behaviour {
-            marker: Some(marker.into()),
-            offset: MARK_AT,
-            hold_secs: 0,
-        },
-    );
-    vm.start();
-    wait_for("the guest's power-off", Duration::from_secs(90), || {
-        vm.domstate().starts_with("shut off")
-    });
-    assert_eq!(vm.domstate(), "shut off (shutdown)", "{}", vm.console());
-    assert_eq!(
-        read_image(&vm.overlay, MARK_AT, marker.len()),
-        marker.as_bytes()
-    );
+    let vm = common::guest::marker_guest(uri, name, marker, MARK_AT);
     make_private(&vm);
     vm
 }
@@ -174,16 +168,7 @@ fn nobody_commits_root_images_through_libvirtd_and_the_app_raises_no_prompt() {
 
     let inactive_xml = virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]);
     let before = (owner_and_mode(&vm.base), owner_and_mode(&vm.overlay));
-    let mut cli = ChildGuard(
-        as_nobody(
-            home.path(),
-            &["commit", &vm.name, "--yes", "--connect", &bed.uri],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
+    let mut cli = commit_in_background(home.path(), &vm, &bed.uri);
     // While it works, the tray never shows the VM as running.
     let mut seen = Vec::new();
     while cli.0.try_wait().unwrap().is_none() {
@@ -261,11 +246,7 @@ fn nobody_commits_root_images_through_libvirtd_and_the_app_raises_no_prompt() {
         );
     }
     // And the guest boots again on the rebuilt overlay.
-    vm.start();
-    wait_for("the second power-off", Duration::from_secs(90), || {
-        vm.domstate().starts_with("shut off")
-    });
-    assert_eq!(vm.domstate(), "shut off (shutdown)", "{}", vm.console());
+    vm.boot_to_power_off();
 }
 
 #[test]
@@ -307,11 +288,7 @@ fn nobody_discards_through_libvirtd_and_the_base_stays_identical() {
         virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]),
         inactive_xml
     );
-    vm.start();
-    wait_for("the second power-off", Duration::from_secs(90), || {
-        vm.domstate().starts_with("shut off")
-    });
-    assert_eq!(vm.domstate(), "shut off (shutdown)", "{}", vm.console());
+    vm.boot_to_power_off();
 }
 
 #[test]
@@ -426,10 +403,7 @@ fn big_private_guest(bed: &TestbedGuard, name: &str) -> TestVm {
     for img in [&vm.base, &vm.overlay] {
         qemu_img(&["resize", "-q", img.to_str().unwrap(), "1G"]);
     }
-    vm.start();
-    wait_for("the guest's power-off", Duration::from_secs(90), || {
-        vm.domstate().starts_with("shut off")
-    });
+    vm.boot_to_power_off();
     qemu_io(&vm.overlay, &["write -P 0x6b 64M 768M"]);
     make_private(&vm);
     vm
@@ -481,64 +455,21 @@ fn assert_all_data_reaches_the_base(bed: &TestbedGuard, home: &Path, vm: &TestVm
         .unwrap_or(true));
 }
 
-#[test]
-fn libvirtd_killed_during_the_block_commit_loses_nothing_and_the_next_run_finishes() {
-    let bed = testbed_exclusive();
+/// Commits a big guest as `nobody` and does `fault` while its block commit runs. The CLI must
+/// fail saying the data is intact; after `recover` (e.g. restarting libvirtd), the overlay
+/// still reads everything, and the next run finishes the commit with nothing lost.
+fn fault_during_block_commit(
+    bed: &TestbedGuard,
+    name: &str,
+    fault: impl FnOnce(&TestVm),
+    recover: impl FnOnce(&TestVm),
+) {
     let home = nobody_home();
-    let vm = big_private_guest(&bed, "vmo-lv-kill-daemon");
+    let vm = big_private_guest(bed, name);
     let xml = virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]);
-    let mut cli = ChildGuard(
-        as_nobody(
-            home.path(),
-            &["commit", &vm.name, "--yes", "--connect", &bed.uri],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
+    let mut cli = commit_in_background(home.path(), &vm, &bed.uri);
     wait_for_block_job(&bed.uri, &vm.name, &mut cli);
-    bed.kill_daemon();
-    let out = cli.take_output();
-    assert_ne!(code(&out), 0, "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("data is intact"),
-        "{}",
-        text(&out)
-    );
-    bed.start_daemon();
-    // QEMU outlived the daemon: the engine's paused run is still there, its job marked.
-    wait_for("libvirtd back", Duration::from_secs(30), || {
-        !vm.domstate().is_empty()
-    });
-    assert!(vm.domstate().starts_with("paused"), "{}", vm.domstate());
-    // Nothing lost meanwhile: the overlay still reads all of it, over whatever the base has.
-    assert!(reads_pattern(&vm.overlay, 0x6b, "64M", "768M"));
-    assert_all_data_reaches_the_base(&bed, home.path(), &vm, &xml);
-}
-
-#[test]
-fn qemu_killed_during_the_block_commit_loses_nothing_and_the_next_run_finishes() {
-    let bed = testbed_shared();
-    let home = nobody_home();
-    let vm = big_private_guest(&bed, "vmo-lv-kill-qemu");
-    let xml = virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]);
-    let mut cli = ChildGuard(
-        as_nobody(
-            home.path(),
-            &["commit", &vm.name, "--yes", "--connect", &bed.uri],
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap(),
-    );
-    wait_for_block_job(&bed.uri, &vm.name, &mut cli);
-    let st = Command::new("kill")
-        .args(["-KILL", &vm.qemu_pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    fault(&vm);
     let out = cli.take_output();
     assert_eq!(code(&out), 1, "{}", text(&out));
     assert!(
@@ -546,8 +477,44 @@ fn qemu_killed_during_the_block_commit_loses_nothing_and_the_next_run_finishes()
         "{}",
         text(&out)
     );
+    recover(&vm);
     assert!(reads_pattern(&vm.overlay, 0x6b, "64M", "768M"));
-    assert_all_data_reaches_the_base(&bed, home.path(), &vm, &xml);
+    assert_all_data_reaches_the_base(bed, home.path(), &vm, &xml);
+}
+
+#[test]
+fn libvirtd_killed_during_the_block_commit_loses_nothing_and_the_next_run_finishes() {
+    let bed = testbed_exclusive();
+    fault_during_block_commit(
+        &bed,
+        "vmo-lv-kill-daemon",
+        |_| bed.kill_daemon(),
+        |vm| {
+            bed.start_daemon();
+            // QEMU outlived the daemon: the engine's paused run is still there.
+            wait_for("libvirtd back", Duration::from_secs(30), || {
+                !vm.domstate().is_empty()
+            });
+            assert!(vm.domstate().starts_with("paused"), "{}", vm.domstate());
+        },
+    );
+}
+
+#[test]
+fn qemu_killed_during_the_block_commit_loses_nothing_and_the_next_run_finishes() {
+    let bed = testbed_shared();
+    fault_during_block_commit(
+        &bed,
+        "vmo-lv-kill-qemu",
+        |vm| {
+            let st = Command::new("kill")
+                .args(["-KILL", &vm.qemu_pid().to_string()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+        },
+        |_| {},
+    );
 }
 
 /// Kills and reaps a child on drop.

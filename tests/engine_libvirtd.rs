@@ -30,38 +30,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn wait_shut_off(vm: &TestVm, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !vm.domstate().starts_with("shut off") {
-        assert!(
-            Instant::now() < deadline,
-            "{} still {} after {within:?}; console:\n{}",
-            vm.name,
-            vm.domstate(),
-            vm.console()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn marker_guest(uri: &str, name: &str, marker: &str) -> TestVm {
-    let vm = TestVm::define(
-        uri,
-        name,
-        &Behaviour {
-            marker: Some(marker.into()),
-            offset: MARK_AT,
-            hold_secs: 0,
-        },
-    );
-    vm.start();
-    wait_shut_off(&vm, Duration::from_secs(90));
-    assert_eq!(vm.domstate(), "shut off (shutdown)");
-    assert_eq!(
-        read_image(&vm.overlay, MARK_AT, marker.len()),
-        marker.as_bytes()
-    );
-    vm
+    common::guest::marker_guest(uri, name, marker, MARK_AT)
 }
 
 #[test]
@@ -83,9 +53,7 @@ fn commit_puts_the_guests_marker_into_the_base_and_the_domain_still_boots() {
         inactive_xml
     );
     // The domain boots again on the rebuilt overlay and sees the committed data.
-    vm.start();
-    wait_shut_off(&vm, Duration::from_secs(90));
-    assert_eq!(vm.domstate(), "shut off (shutdown)");
+    vm.boot_to_power_off();
     let status = cli(
         state.path(),
         &["status", &vm.name, "--json", "--connect", &bed.uri],
@@ -119,9 +87,7 @@ fn discard_leaves_the_marker_out_and_the_base_identical() {
     assert_eq!(checksum(&vm.base), base_before);
     assert_eq!(changed(&vm.overlay), 0);
     assert_eq!(read_image(&vm.overlay, MARK_AT, 14), vec![0u8; 14]);
-    vm.start();
-    wait_shut_off(&vm, Duration::from_secs(90));
-    assert_eq!(vm.domstate(), "shut off (shutdown)");
+    vm.boot_to_power_off();
 }
 
 #[test]

@@ -24,9 +24,6 @@ pub struct RawLifecycle {
     pub detail: i32,
 }
 
-type LifecycleFn = Box<dyn Fn(RawLifecycle) + Send + 'static>;
-type CloseFn = Box<dyn Fn(i32) + Send + 'static>;
-
 static EVENT_IMPL: Once = Once::new();
 
 /// Registers libvirt's default event-loop implementation, once, before any connection.
@@ -87,6 +84,34 @@ unsafe fn copy_cstr(p: *const c_char) -> Option<String> {
     }
 }
 
+/// A Rust closure handed to libvirt as a callback's `opaque` pointer.
+type Handler<T> = Box<dyn Fn(T) + Send + 'static>;
+
+/// Leaks `f` as an `opaque` pointer for libvirt; [`free_handler::<T>`] takes it back.
+fn leak_handler<T>(f: impl Fn(T) + Send + 'static) -> *mut c_void {
+    Box::into_raw(Box::new(Box::new(f) as Handler<T>)) as *mut c_void
+}
+
+/// Calls the handler behind `opaque` with `value`; a panic stops here, at the C boundary.
+///
+/// # Safety
+/// `opaque` must come from [`leak_handler::<T>`] and not be freed yet (libvirt frees it
+/// through `free_handler` only after the last callback).
+unsafe fn call_handler<T>(opaque: *mut c_void, value: T, what: &str) {
+    let f = &*(opaque as *const Handler<T>);
+    if catch_unwind(AssertUnwindSafe(|| f(value))).is_err() {
+        log::error!("panic in {what} handler (caught at the libvirt boundary)");
+    }
+}
+
+/// The `freecb` libvirt calls once per successful registration (or we call, if it failed).
+///
+/// # Safety
+/// `opaque` must come from [`leak_handler::<T>`] and be freed only this once.
+unsafe extern "C" fn free_handler<T>(opaque: *mut c_void) {
+    drop(Box::from_raw(opaque as *mut Handler<T>));
+}
+
 unsafe extern "C" fn lifecycle_trampoline(
     _conn: sys::virConnectPtr,
     dom: sys::virDomainPtr,
@@ -94,9 +119,6 @@ unsafe extern "C" fn lifecycle_trampoline(
     detail: c_int,
     opaque: *mut c_void,
 ) -> c_int {
-    // SAFETY: `opaque` is the `Box<LifecycleFn>` leaked in `register_lifecycle`; libvirt keeps
-    // it alive until it calls `free_lifecycle`, which happens only after the last callback.
-    let f = &*(opaque as *const LifecycleFn);
     // SAFETY: `dom` is borrowed for the duration of the callback; we only read its name and
     // UUID into owned Strings and never take ownership (no virDomainFree).
     let name = copy_cstr(sys::virDomainGetName(dom)).unwrap_or_default();
@@ -112,16 +134,10 @@ unsafe extern "C" fn lifecycle_trampoline(
         event,
         detail,
     };
-    if catch_unwind(AssertUnwindSafe(|| f(raw))).is_err() {
-        log::error!("panic in lifecycle event handler (caught at the libvirt boundary)");
-    }
+    // SAFETY: `opaque` is the handler leaked in `register_lifecycle`, alive until libvirt
+    // calls its freecb, which happens only after the last callback.
+    call_handler(opaque, raw, "lifecycle event");
     0
-}
-
-unsafe extern "C" fn free_lifecycle(opaque: *mut c_void) {
-    // SAFETY: called by libvirt exactly once per successful registration, with the pointer we
-    // leaked from `Box<LifecycleFn>`; reconstituting the box frees it.
-    drop(Box::from_raw(opaque as *mut LifecycleFn));
 }
 
 /// A domain-event registration (any event id); deregistered on drop.
@@ -180,11 +196,11 @@ pub fn register_lifecycle(
         c_int,
         *mut c_void,
     ) -> c_int;
-    let opaque = Box::into_raw(Box::new(Box::new(f) as LifecycleFn)) as *mut c_void;
+    let opaque = leak_handler(f);
     // SAFETY: the lifecycle callback's real signature is `Real` (libvirt-domain.h,
     // virConnectDomainEventCallback); casting it to the generic type is the documented
     // VIR_DOMAIN_EVENT_CALLBACK cast, and libvirt calls it back with the real arguments.
-    // `opaque` is the box `lifecycle_trampoline` and `free_lifecycle` expect.
+    // `opaque` is the handler of `RawLifecycle` that the trampoline and freecb expect.
     unsafe {
         let cb = std::mem::transmute::<Real, GenericCallback>(lifecycle_trampoline);
         register_any(
@@ -193,7 +209,7 @@ pub fn register_lifecycle(
             sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE,
             cb,
             opaque,
-            free_lifecycle,
+            free_handler::<RawLifecycle>,
         )
     }
 }
@@ -206,8 +222,6 @@ pub struct RawBlockJob {
     pub status: i32,
 }
 
-type BlockJobFn = Box<dyn Fn(RawBlockJob) + Send + 'static>;
-
 unsafe extern "C" fn block_job_trampoline(
     _conn: sys::virConnectPtr,
     _dom: sys::virDomainPtr,
@@ -216,22 +230,14 @@ unsafe extern "C" fn block_job_trampoline(
     status: c_int,
     opaque: *mut c_void,
 ) {
-    // SAFETY: `opaque` is the `Box<BlockJobFn>` leaked in `register_block_job`, alive until
-    // `free_block_job`; `disk` is a string libvirt owns for the duration of the call.
-    let f = &*(opaque as *const BlockJobFn);
+    // SAFETY: `disk` is a string libvirt owns for the duration of the call.
     let raw = RawBlockJob {
         disk: copy_cstr(disk).unwrap_or_default(),
         job_type,
         status,
     };
-    if catch_unwind(AssertUnwindSafe(|| f(raw))).is_err() {
-        log::error!("panic in block-job event handler (caught at the libvirt boundary)");
-    }
-}
-
-unsafe extern "C" fn free_block_job(opaque: *mut c_void) {
-    // SAFETY: called by libvirt exactly once for the pointer leaked in `register_block_job`.
-    drop(Box::from_raw(opaque as *mut BlockJobFn));
+    // SAFETY: `opaque` is the handler leaked in `register_block_job`, alive until its freecb.
+    call_handler(opaque, raw, "block-job event");
 }
 
 /// Registers `f` for `VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2` (disks named by target) of `dom`.
@@ -248,10 +254,10 @@ pub fn register_block_job(
         c_int,
         *mut c_void,
     );
-    let opaque = Box::into_raw(Box::new(Box::new(f) as BlockJobFn)) as *mut c_void;
+    let opaque = leak_handler(f);
     // SAFETY: `Real` is virConnectDomainEventBlockJobCallback, the documented type for
-    // VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2; `opaque` is what the trampoline and `free_block_job`
-    // expect; `dom` is a live domain of `conn`.
+    // VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2; `opaque` is the handler of `RawBlockJob` that the
+    // trampoline and freecb expect; `dom` is a live domain of `conn`.
     unsafe {
         let cb = std::mem::transmute::<Real, GenericCallback>(block_job_trampoline);
         register_any(
@@ -260,7 +266,7 @@ pub fn register_block_job(
             sys::VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2,
             cb,
             opaque,
-            free_block_job,
+            free_handler::<RawBlockJob>,
         )
     }
 }
@@ -281,17 +287,8 @@ unsafe extern "C" fn close_trampoline(
     reason: c_int,
     opaque: *mut c_void,
 ) {
-    // SAFETY: `opaque` is the `Box<CloseFn>` leaked in `register_close`, alive until
-    // `free_close` runs.
-    let f = &*(opaque as *const CloseFn);
-    if catch_unwind(AssertUnwindSafe(|| f(reason))).is_err() {
-        log::error!("panic in connection close handler (caught at the libvirt boundary)");
-    }
-}
-
-unsafe extern "C" fn free_close(opaque: *mut c_void) {
-    // SAFETY: called by libvirt exactly once for the pointer leaked in `register_close`.
-    drop(Box::from_raw(opaque as *mut CloseFn));
+    // SAFETY: `opaque` is the handler leaked in `register_close`, alive until its freecb.
+    call_handler(opaque, reason, "connection close");
 }
 
 /// A close-callback registration; unregistered on drop.
@@ -304,21 +301,21 @@ pub fn register_close(
     conn: &Connect,
     f: impl Fn(i32) + Send + 'static,
 ) -> Result<CloseRegistration, virt::error::Error> {
-    let opaque = Box::into_raw(Box::new(Box::new(f) as CloseFn)) as *mut c_void;
+    let opaque = leak_handler(f);
     // SAFETY: `conn` is live; the callback has exactly libvirt's `virConnectCloseFunc`
-    // signature; on success libvirt owns `opaque` and frees it with `free_close`.
+    // signature; on success libvirt owns `opaque` and frees it with `free_handler::<i32>`.
     let rc = unsafe {
         sys::virConnectRegisterCloseCallback(
             conn.as_ptr(),
             Some(close_trampoline),
             opaque,
-            Some(free_close),
+            Some(free_handler::<i32>),
         )
     };
     if rc < 0 {
         let err = virt::error::Error::last_error();
         // SAFETY: registration failed, libvirt did not take `opaque`.
-        unsafe { free_close(opaque) };
+        unsafe { free_handler::<i32>(opaque) };
         return Err(err);
     }
     Ok(CloseRegistration { conn: conn.clone() })

@@ -305,6 +305,29 @@ impl TestVm {
             .unwrap()
     }
 
+    /// Waits until the domain is shut off (the guest powers itself off), failing with its
+    /// console after `within`.
+    pub fn wait_shut_off(&self, within: std::time::Duration) {
+        let deadline = std::time::Instant::now() + within;
+        while !self.domstate().starts_with("shut off") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} still {} after {within:?}; console:\n{}",
+                self.name,
+                self.domstate(),
+                self.console()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// Boots the guest and waits until it has powered itself off cleanly.
+    pub fn boot_to_power_off(&self) {
+        self.start();
+        self.wait_shut_off(std::time::Duration::from_secs(90));
+        assert_eq!(self.domstate(), "shut off (shutdown)", "{}", self.console());
+    }
+
     pub fn console(&self) -> String {
         fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
@@ -319,6 +342,25 @@ impl Drop for TestVm {
             .args(["-q", "-c", &self.uri, "undefine", &self.name])
             .output();
     }
+}
+
+/// A guest that wrote `marker` at `offset` of its overlay and powered itself off.
+pub fn marker_guest(uri: &str, name: &str, marker: &str, offset: u64) -> TestVm {
+    let vm = TestVm::define(
+        uri,
+        name,
+        &Behaviour {
+            marker: Some(marker.into()),
+            offset,
+            hold_secs: 0,
+        },
+    );
+    vm.boot_to_power_off();
+    assert_eq!(
+        read_image(&vm.overlay, offset, marker.len()),
+        marker.as_bytes()
+    );
+    vm
 }
 
 /// Reads `len` bytes at `offset` of an image through QEMU's block layer (`qemu-io -U`, read-only).
