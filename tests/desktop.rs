@@ -291,6 +291,148 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
     common_wait(|| !autostart.exists(), "autostart entry removed");
 }
 
+/// Inside a Flatpak sandbox, *Start at login* asks the real Background portal
+/// (xdg-desktop-portal 1.16 with the GNOME backend), which writes the autostart entry for the
+/// sandboxed app. The sandbox is made as Flatpak makes it: bubblewrap with a tmpfs root, the
+/// host's /usr, and a `/.flatpak-info` naming the app, which is how the portal identifies it.
+#[test]
+fn x11_start_at_login_inside_flatpak_goes_through_the_background_portal() {
+    let s = Session::start(Kind::X11);
+    // The portal frontend picks the backend by desktop; activated services get this env.
+    let st = s
+        .command("dbus-update-activation-environment")
+        .args([
+            "DISPLAY",
+            "HOME",
+            "XDG_CONFIG_HOME",
+            "XDG_CURRENT_DESKTOP=GNOME",
+        ])
+        .status()
+        .expect("dbus-update-activation-environment (dbus) is installed");
+    assert!(st.success());
+    // The user already allowed background activity (otherwise the portal asks in a dialog).
+    let st = s
+        .command("busctl")
+        .args([
+            "--user",
+            "call",
+            "org.freedesktop.impl.portal.PermissionStore",
+            "/org/freedesktop/impl/portal/PermissionStore",
+            "org.freedesktop.impl.portal.PermissionStore",
+            "SetPermission",
+            "sbssas",
+            "background",
+            "true",
+            "background",
+            vmoverlay::config::APP_ID,
+            "1",
+            "yes",
+        ])
+        .status()
+        .expect("busctl (systemd) is installed");
+    assert!(
+        st.success(),
+        "the permission store (xdg-desktop-portal) answers"
+    );
+    let info = s.home.join("flatpak-info");
+    std::fs::write(
+        &info,
+        format!(
+            "[Application]\nname={}\nruntime=runtime/org.gnome.Platform/x86_64/49\n",
+            vmoverlay::config::APP_ID
+        ),
+    )
+    .unwrap();
+    let hook = Hook(s.home.join("hook.jsonl"));
+    let log = std::fs::File::create(s.home.join("app.log")).unwrap();
+    let mut sandbox = s.command("bwrap");
+    sandbox.args(["--tmpfs", "/"]);
+    for dir in ["/usr", "/etc", "/tmp", "/run", "/var", "/root", "/work"] {
+        if std::path::Path::new(dir).exists() {
+            sandbox.args(["--bind", dir, dir]);
+        }
+    }
+    for (link, to) in [
+        ("/lib", "usr/lib"),
+        ("/lib64", "usr/lib64"),
+        ("/bin", "usr/bin"),
+        ("/sbin", "usr/sbin"),
+    ] {
+        sandbox.args(["--symlink", to, link]);
+    }
+    // The test's own files (home, binary) may live elsewhere too.
+    for dir in [
+        s.home.clone(),
+        std::path::PathBuf::from(bin())
+            .parent()
+            .unwrap()
+            .to_path_buf(),
+    ] {
+        let d = dir.to_str().unwrap().to_string();
+        sandbox.args(["--bind", &d, &d]);
+    }
+    sandbox
+        .args(["--dev", "/dev", "--proc", "/proc", "--ro-bind"])
+        .arg(&info)
+        .arg("/.flatpak-info")
+        .args([bin(), "--connect", "test:///default"])
+        .env("VMOVERLAY_TEST_HOOK", &hook.0)
+        .env("RUST_LOG", "vmoverlay=info")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let _app = App(sandbox.spawn().expect("bwrap (bubblewrap) is installed"));
+    hook.wait("tray-ready", Duration::from_secs(20), |v| {
+        v["event"] == "tray-ready"
+    });
+    let item = our_item(&s);
+    wait_menu(&s, &item, "the test driver's VM", |l| {
+        l.iter().any(|t| t.starts_with("test — running"))
+    });
+    // The portal writes the entry, for `flatpak run` of the app, with our arguments.
+    let autostart = s
+        .home
+        .join(".config/autostart")
+        .join(format!("{}.desktop", vmoverlay::config::APP_ID));
+    let toggle = find_item(&s.menu(&item), "", "Start at login").unwrap();
+    s.click(&item, toggle);
+    common_wait(|| autostart.exists(), "the portal's autostart entry");
+    let entry = std::fs::read_to_string(&autostart).unwrap();
+    assert!(
+        entry.contains(&format!(
+            "Exec=flatpak run --command=vmoverlay {} --connect test:///default",
+            vmoverlay::config::APP_ID
+        )),
+        "{entry}"
+    );
+    // The app remembers the answer (the portal cannot be asked later) and shows it.
+    wait_menu(&s, &item, "Start at login checked", |_| {
+        let layout = s.menu(&item);
+        layout.to_string().contains("\"toggle-state\"")
+            && find_toggle_state(&layout, "Start at login") == Some(1)
+    });
+    s.click(&item, toggle);
+    common_wait(|| !autostart.exists(), "the portal removing the entry");
+    wait_menu(&s, &item, "Start at login unchecked", |_| {
+        find_toggle_state(&s.menu(&item), "Start at login") == Some(0)
+    });
+}
+
+/// The `toggle-state` of the dbusmenu item labelled `label`.
+fn find_toggle_state(layout: &serde_json::Value, label: &str) -> Option<i64> {
+    fn walk(node: &serde_json::Value, label: &str) -> Option<i64> {
+        let arr = node.as_array()?;
+        let props = arr.get(1)?;
+        if props["label"]["data"].as_str() == Some(label) {
+            return props["toggle-state"]["data"].as_i64();
+        }
+        arr.get(2)?
+            .as_array()?
+            .iter()
+            .find_map(|c| walk(c.get("data").unwrap_or(c), label))
+    }
+    walk(layout["data"].get(1)?, label)
+}
+
 fn common_wait(f: impl Fn() -> bool, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !f() {
