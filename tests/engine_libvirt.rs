@@ -373,6 +373,23 @@ fn over_a_remote_connection_the_client_touches_no_image_file() {
     assert_eq!(code(&status), 0, "{}", text(&status));
     let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(v[0]["disks"][0]["engine"], "libvirt", "{v}");
+    {
+        // Another domain, in another directory, whose overlay is backed by the same base:
+        // libvirtd (not this machine) says so, and the commit is refused.
+        let other = TestVm::define(&bed.uri, "vmo-lv-remote-b", &Behaviour::default());
+        let base = vm.base.to_str().unwrap();
+        let ov = other.overlay.to_str().unwrap();
+        qemu_img(&["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", base, ov]);
+        let before = (checksum(&vm.base), checksum(&vm.overlay));
+        let shared = hidden(&format!("commit {} --yes", vm.name));
+        assert_eq!(code(&shared), 7, "{}", text(&shared));
+        assert!(
+            text(&shared).contains("vmo-lv-remote-b"),
+            "{}",
+            text(&shared)
+        );
+        assert_eq!((checksum(&vm.base), checksum(&vm.overlay)), before);
+    }
     let out = hidden(&format!("commit {} --yes", vm.name));
     assert_eq!(code(&out), 0, "{}", text(&out));
     assert_eq!(read_image(&vm.base, MARK_AT, 13), b"REMOTE-COMMIT");

@@ -141,34 +141,37 @@ impl DomainCheck for LibvirtCheck {
             .map_err(|e| EngineError::NotFound {
                 what: format!("listing domains: {}", e.message()),
             })?;
+        // A remote host's paths name its files, not ours: compare them as written, and ask
+        // libvirtd (never this machine) what backs an image.
+        let local = is_local_uri(&self.uri);
+        let same = |a: &Path, b: &Path| {
+            if local {
+                image::same_path(a, b)
+            } else {
+                a == b
+            }
+        };
         let mut users = Vec::new();
         for dom in domains {
             let (Ok(name), Ok(xml)) = (dom.name(), dom.xml_desc(0)) else {
                 continue;
             };
             for disk in parse_disks(&xml).unwrap_or_default() {
-                if !is_local_uri(&self.uri) {
-                    // The host's files are not ours to read: compare the paths as written.
-                    if disk.source.as_deref().map(Path::new) == Some(base) {
-                        users.push(format!("domain {name} ({})", disk.target));
-                    }
-                    continue;
-                }
                 let Some(src) = disk.source.filter(|_| disk.kind == "file") else {
                     continue;
                 };
                 let src = Path::new(&src);
-                if image::same_path(src, overlay) {
+                if same(src, overlay) {
                     continue;
                 }
-                let uses_base = image::same_path(src, base)
-                    || match image::backing_chain(src) {
-                        Ok(chain) => chain
+                let uses_base = same(src, base)
+                    || match local.then(|| image::backing_chain(src)) {
+                        Some(Ok(chain)) => chain
                             .iter()
                             .skip(1)
                             .any(|l| image::same_file(Path::new(&l.filename), base)),
-                        // Not readable here: ask libvirtd for the image's backing file.
-                        Err(_) => self
+                        // Remote, or not readable here: libvirtd reads the backing file.
+                        _ => self
                             .libvirt_images()
                             .ok()
                             .and_then(|lv| lv.backing_of(src))
