@@ -165,6 +165,11 @@ pub fn parse_vol(xml: &str) -> Result<VolInfo, String> {
     })
 }
 
+/// A volume as libvirtd reads it now.
+fn read_vol(vol: &StorageVol) -> Result<VolInfo, String> {
+    parse_vol(&vol.xml_desc(0).map_err(|e| e.message().to_string())?)
+}
+
 /// Size of an empty qcow2 overlay of `capacity` bytes: header, refcount table, one refcount
 /// block, then the L1 table. Any guest write adds at least an L2 table cluster after it.
 pub fn empty_qcow2_len(capacity: u64, cluster: u64) -> u64 {
@@ -247,16 +252,27 @@ impl LibvirtImages {
         }
     }
 
-    /// The volume at `path`, with its pool refreshed first (files change behind libvirt).
+    /// The volume at `path`. Reading a volume's XML makes libvirtd re-read its file, so the
+    /// whole directory is only rescanned (a pool refresh probes every image in it) when the
+    /// pool does not know the file yet, or no longer finds it.
     fn volume(&self, path: &Path) -> Result<(StoragePool, StorageVol, VolInfo), String> {
         let dir = path.parent().ok_or("an image path has no directory")?;
         let pool = self.pool_for(dir)?;
-        pool.refresh(0).map_err(Self::msg)?;
-        let vol = self
-            .conn
-            .lookup_storage_vol_by_path(&path.to_string_lossy())
-            .map_err(|e| format!("{}: {}", path.display(), e.message()))?;
-        let info = parse_vol(&vol.xml_desc(0).map_err(Self::msg)?)?;
+        let lookup = || {
+            let vol = self
+                .conn
+                .lookup_storage_vol_by_path(&path.to_string_lossy())
+                .map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+            let info = read_vol(&vol)?;
+            Ok::<_, String>((vol, info))
+        };
+        let (vol, info) = match lookup() {
+            Ok(found) => found,
+            Err(_) => {
+                pool.refresh(0).map_err(Self::msg)?;
+                lookup()?
+            }
+        };
         Ok((pool, vol, info))
     }
 
@@ -496,11 +512,7 @@ impl Images for LibvirtImages {
             };
             let _ = pool.refresh(0);
             for vol in pool.list_all_volumes(0).unwrap_or_default() {
-                let Ok(info) = vol
-                    .xml_desc(0)
-                    .map_err(Self::msg)
-                    .and_then(|x| parse_vol(&x))
-                else {
+                let Ok(info) = read_vol(&vol) else {
                     continue;
                 };
                 if info.path != disk.overlay && info.backing.as_deref() == Some(disk.base.as_path())
@@ -620,12 +632,7 @@ impl Images for LibvirtImages {
             .conn
             .lookup_storage_vol_by_path(&disk.overlay.to_string_lossy())
             .ok()
-            .map(|v| {
-                v.xml_desc(0)
-                    .map_err(Self::msg)
-                    .and_then(|x| parse_vol(&x))
-                    .map(|i| (v, i))
-            })
+            .map(|v| read_vol(&v).map(|i| (v, i)))
             .transpose()?;
         let name = disk
             .overlay
