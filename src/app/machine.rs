@@ -72,7 +72,7 @@ pub struct Vm {
     pub policy: Policy,
     /// Running as a VM Overlay engine's paused run (this process's job, or another's, such as
     /// `vmoverlay commit` in a terminal): not the guest running, never a prompt.
-    pub engine_run: Option<String>,
+    pub engine_run: Option<EngineRun>,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
@@ -156,8 +156,14 @@ pub struct Machine {
     policies: BTreeMap<VmKey, Policy>,
 }
 
-/// [`Vm::engine_run`] of a start that was over before it could be asked about.
-const BRIEF_RUN: &str = "brief run";
+/// A start of a VM that is not the guest running (see [`Vm::engine_run`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineRun {
+    /// Marked as a VM Overlay engine's own paused run, for this job (`"commit"`, …).
+    Job(String),
+    /// Over before it could be asked about: no guest ran long enough to write anything.
+    Brief,
+}
 
 fn forced_word(detail: &Stopped) -> Option<String> {
     match detail {
@@ -236,7 +242,7 @@ impl Machine {
                     let key = VmKey::new(&uri, &d.name);
                     let known = self.vms.contains_key(&key);
                     let vm = self.vm(&key);
-                    vm.engine_run = d.engine_job.clone();
+                    vm.engine_run = d.engine_job.clone().map(EngineRun::Job);
                     vm.active = d.state.kind.is_active() && vm.engine_run.is_none();
                     if !vm.active && !known && d.state.kind == StateKind::Shutoff {
                         let why = Stopped::from_shutoff_reason(d.state.reason);
@@ -266,12 +272,12 @@ impl Machine {
                 match e.kind {
                     Lifecycle::Started(_) if e.engine_job.is_some() => {
                         let vm = self.vm(&key);
-                        vm.engine_run = e.engine_job;
+                        vm.engine_run = e.engine_job.map(EngineRun::Job);
                     }
                     Lifecycle::Started(_) if e.ended_before_asked => {
                         // Over before it could be asked about (the engine's lock probe, in
                         // practice): no guest ran, so nothing changed; its stop asks nothing.
-                        self.vm(&key).engine_run = Some(BRIEF_RUN.into());
+                        self.vm(&key).engine_run = Some(EngineRun::Brief);
                     }
                     Lifecycle::Resumed(_) | Lifecycle::Suspended(_)
                         if self.vm(&key).engine_run.is_some() => {}
@@ -279,7 +285,7 @@ impl Machine {
                         // The engine's run ended; its job (here or in another process)
                         // reports the outcome and rebuilds the overlay: no question to ask.
                         let vm = self.vm(&key);
-                        let brief = vm.engine_run.take().as_deref() == Some(BRIEF_RUN);
+                        let brief = vm.engine_run.take() == Some(EngineRun::Brief);
                         if vm.job.is_none() && !brief {
                             vm.decision = None;
                             vm.changed = None;
