@@ -63,13 +63,12 @@ pub fn domain_disks(check: &LibvirtCheck, choice: EngineChoice) -> Result<Domain
     crate::overlay::discover_with(&xml, &pins, &inspect)
 }
 
-/// The check for the domain a journal record names, over a new connection to the record's URI
-/// (how interrupted operations are resumed): read-only, unless libvirt does the work.
+/// The check for the domain a journal record names, over a new read-only connection to the
+/// record's URI (how interrupted operations are resumed). The libvirt engine opens its own
+/// read-write connection when the record's disk needs it.
 pub fn check_for_record(rec: &Record) -> Result<Box<dyn DomainCheck>, EngineError> {
-    let conn = super::open(&rec.uri, rec.disk.engine == EngineKind::QemuImg).map_err(|e| {
-        EngineError::NotFound {
-            what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
-        }
+    let conn = super::open(&rec.uri, true).map_err(|e| EngineError::NotFound {
+        what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
     })?;
     Ok(Box::new(LibvirtCheck::new(conn, &rec.uri, &rec.domain)))
 }
