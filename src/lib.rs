@@ -3,7 +3,7 @@
 //! `libvirt` watches domains (the only module that touches libvirt), `cli` implements the
 //! scriptable subcommands. See DESIGN in the README for how data flows.
 
-pub mod app;
+pub mod machine;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -52,12 +52,12 @@ fn pins_from_file(vm: &str) -> Result<Vec<Pin>, String> {
 }
 
 /// Per-VM policies (`policies.json`: `{"URI": {"VM": "always-commit"}}`).
-pub fn load_policies() -> std::collections::BTreeMap<crate::app::VmKey, crate::app::Policy> {
+pub fn load_policies() -> std::collections::BTreeMap<crate::machine::VmKey, crate::machine::Policy> {
     let path = config_dir().join("policies.json");
     let Ok(data) = std::fs::read(&path) else {
         return Default::default();
     };
-    let by_uri: BTreeMap<String, BTreeMap<String, crate::app::Policy>> =
+    let by_uri: BTreeMap<String, BTreeMap<String, crate::machine::Policy>> =
         match serde_json::from_slice(&data) {
             Ok(v) => v,
             Err(e) => {
@@ -69,16 +69,16 @@ pub fn load_policies() -> std::collections::BTreeMap<crate::app::VmKey, crate::a
         .into_iter()
         .flat_map(|(uri, vms)| {
             vms.into_iter()
-                .map(move |(name, p)| (crate::app::VmKey::new(&uri, &name), p))
+                .map(move |(name, p)| (crate::machine::VmKey::new(&uri, &name), p))
         })
         .collect()
 }
 
 /// Remembers one VM's policy (written atomically).
-pub fn save_policy(key: &crate::app::VmKey, policy: crate::app::Policy) -> Result<(), String> {
+pub fn save_policy(key: &crate::machine::VmKey, policy: crate::machine::Policy) -> Result<(), String> {
     let dir = config_dir();
     let path = dir.join("policies.json");
-    let mut by_uri: BTreeMap<String, BTreeMap<String, crate::app::Policy>> = std::fs::read(&path)
+    let mut by_uri: BTreeMap<String, BTreeMap<String, crate::machine::Policy>> = std::fs::read(&path)
         .ok()
         .and_then(|d| serde_json::from_slice(&d).ok())
         .unwrap_or_default();

@@ -2,7 +2,7 @@
 //! on ksni's own thread and travel to the glib main loop over a channel. The main loop updates
 //! the tray only when the state it shows changes.
 
-use crate::app::{Summary, VmKey};
+use crate::machine::{Summary, VmKey};
 use crate::i18n::tr;
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,7 @@
 //! Per-user settings survive a restart: per-VM policies ("Remember for this VM"), the
 //! autostart entry written by the tray toggle, and pins.
 
-use vmoverlay::app::{Policy, VmKey};
+use vmoverlay::machine::{Policy, VmKey};
 use vmoverlay::settings;
 
 #[test]

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use adw::prelude::*;
 use gtk::{gio, glib};
 
-use crate::app::{Effect, Input, InspectReason, Machine, Summary, VmKey};
+use crate::machine::{Effect, Input, InspectReason, Machine, Summary, VmKey};
 use crate::i18n::{tr, tr_f};
 use crate::libvirt::{self, domains::LibvirtCheck, Model, Monitor, MonitorConfig};
 use crate::overlay::{self, EngineChoice, JobEvent, Journal, OpKind, Progress, Request};
@@ -335,7 +335,7 @@ impl Controller {
 
     /// A choice from the prompt, the tray or the status window; the state machine closes an
     /// open prompt for that VM whichever way the choice came.
-    pub fn choose(self: &Rc<Self>, key: VmKey, choice: crate::app::Choice, remember: bool) {
+    pub fn choose(self: &Rc<Self>, key: VmKey, choice: crate::machine::Choice, remember: bool) {
         self.input(Input::Choice {
             key,
             choice,
@@ -425,8 +425,8 @@ impl Controller {
 
     fn on_tray(self: &Rc<Self>, action: TrayAction) {
         match action {
-            TrayAction::Commit(key) => self.choose(key, crate::app::Choice::Commit, false),
-            TrayAction::Discard(key) => self.choose(key, crate::app::Choice::Discard, false),
+            TrayAction::Commit(key) => self.choose(key, crate::machine::Choice::Commit, false),
+            TrayAction::Discard(key) => self.choose(key, crate::machine::Choice::Discard, false),
             TrayAction::ShowStatus => self.show_status(),
             TrayAction::ToggleAutostart => {
                 let (enable, uris) = {

@@ -5,7 +5,7 @@ use std::rc::Rc;
 use adw::prelude::*;
 
 use super::{test_hook, Controller};
-use crate::app::{Choice, Decision, VmKey};
+use crate::machine::{Choice, Decision, VmKey};
 use crate::i18n::{tr, tr_f};
 use crate::units::human_bytes;
 

@@ -6,8 +6,8 @@ use std::rc::Rc;
 use adw::prelude::*;
 
 use super::Controller;
-use crate::app::machine::Vm;
-use crate::app::{Choice, VmKey};
+use crate::machine::Vm;
+use crate::machine::{Choice, VmKey};
 use crate::i18n::{tr, tr_f};
 use crate::units::human_bytes;
 

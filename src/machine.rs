@@ -24,6 +24,17 @@ impl VmKey {
             name: name.into(),
         }
     }
+
+    /// The target of the application's per-VM actions (`app.commit`, …): `(uri, name)`.
+    pub fn target(&self) -> glib::Variant {
+        glib::ToVariant::to_variant(&(self.uri.as_str(), self.name.as_str()))
+    }
+
+    /// The VM an action's target names (see [`VmKey::target`]).
+    pub fn from_target(v: &glib::Variant) -> Option<VmKey> {
+        let (uri, name) = v.get::<(String, String)>()?;
+        Some(VmKey { uri, name })
+    }
 }
 
 /// What to do when a VM shuts down, remembered per VM.
@@ -73,6 +84,9 @@ pub struct Vm {
     /// Running as a VM Overlay engine's paused run (this process's job, or another's, such as
     /// `vmoverlay commit` in a terminal): not the guest running, never a prompt.
     pub engine_run: Option<EngineRun>,
+    /// Why Commit and Discard are not offered for this VM: the same sentence `vmoverlay
+    /// commit` prints for it (from the last inspection). Policies never fire while it is set.
+    pub blocked: Option<String>,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.

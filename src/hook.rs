@@ -1,0 +1,32 @@
+//! `$VMOVERLAY_TEST_HOOK`: one JSON line per event that tests and benchmarks wait for (a prompt
+//! mapped, a job finished, a status row changed), so they never scrape the screen for them.
+
+use std::io::Write;
+
+use crate::machine::VmKey;
+
+/// Appends one JSON line to `$VMOVERLAY_TEST_HOOK`, if set.
+pub fn emit(event: &str, vm: &VmKey, extra: serde_json::Value) {
+    let Some(path) = std::env::var_os("VMOVERLAY_TEST_HOOK") else {
+        return;
+    };
+    let line = serde_json::json!({
+        "event": event,
+        "uri": vm.uri,
+        "vm": vm.name,
+        "time": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+        "extra": extra,
+    });
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
+/// For events about no VM in particular (the tray registered, …).
+pub fn emit_global(event: &str, extra: serde_json::Value) {
+    emit(event, &VmKey::new("", ""), extra)
+}
