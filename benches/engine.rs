@@ -18,16 +18,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmoverlay::overlay::{
-    chain::inspect_overlay, ops, DomainCheck, EngineError, Journal, OpKind, Request,
+    discover::inspect_overlay, ops, DomainCheck, Journal, OpError, OpKind, Request,
 };
 
 /// The bench's images belong to no libvirt domain.
 struct NoDomain;
 impl DomainCheck for NoDomain {
-    fn ensure_inactive(&self) -> Result<(), EngineError> {
+    fn ensure_inactive(&self) -> Result<(), OpError> {
         Ok(())
     }
-    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, EngineError> {
+    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, OpError> {
         Ok(Vec::new())
     }
 }
@@ -122,7 +122,7 @@ fn main() {
         let disk = inspect_overlay("vda", &ov_a).unwrap();
         for _ in 0..10 {
             let t = Instant::now();
-            ops::rebuild(&disk).unwrap();
+            vmoverlay::overlay::qemu_img::rebuild(&disk).unwrap();
             rebuild.push(t.elapsed());
         }
         let _ = std::fs::remove_dir_all(root.path().join(format!("a{r}")));

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use vmoverlay::libvirt::domains::{domain_disks, LibvirtCheck};
-use vmoverlay::overlay::{ops, EngineChoice, EngineKind, Journal, OpKind, Request};
+use vmoverlay::overlay::{ops, Engine, EngineChoice, Journal, OpKind, Request};
 
 fn testbed_uri() -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/testbed/testbed.sh");
@@ -46,11 +46,11 @@ fn define(uri: &str, name: &str, overlay: &Path) -> virt::domain::Domain {
     conn.define_domain_xml(&xml).unwrap()
 }
 
-fn commit(uri: &str, name: &str, kind: EngineKind, journal: &Journal) -> Duration {
+fn commit(uri: &str, name: &str, kind: Engine, journal: &Journal) -> Duration {
     let conn = vmoverlay::libvirt::open(uri, true).unwrap();
     let check = LibvirtCheck::new(conn, uri, name);
     let t = Instant::now();
-    let found = domain_disks(&check, EngineChoice::Only(kind)).unwrap();
+    let found = domain_disks(&check, EngineChoice::Only(kind), &[]).unwrap();
     let disk = found.managed.into_iter().next().expect("a managed disk");
     assert_eq!(disk.engine, kind);
     let req = Request {
@@ -80,19 +80,13 @@ fn main() {
         let dl = define(&uri, "vmo-bench-libvirt", &ov_l);
         let dq = define(&uri, "vmo-bench-qemu-img", &ov_q);
         // Alternate which goes first, so page-cache warmth favours neither.
-        let mut l = || {
-            via_libvirt.push(commit(
-                &uri,
-                "vmo-bench-libvirt",
-                EngineKind::Libvirt,
-                &journal,
-            ))
-        };
+        let mut l =
+            || via_libvirt.push(commit(&uri, "vmo-bench-libvirt", Engine::Libvirt, &journal));
         let mut q = || {
             via_qemu_img.push(commit(
                 &uri,
                 "vmo-bench-qemu-img",
-                EngineKind::QemuImg,
+                Engine::QemuImg,
                 &journal,
             ))
         };

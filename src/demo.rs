@@ -100,4 +100,19 @@ impl Demo {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Starts (`on`, after the guest's next session has written to its disk) or shuts down
+    /// the demo guest, on the demo's own connection. `Ok(true)` when it was started.
+    pub fn power(&self, conn: &virt::connect::Connect, on: bool) -> Result<bool, String> {
+        let running = crate::libvirt::is_running(conn, DOMAIN).map_err(|e| e.to_string())?;
+        if on && !running {
+            self.guest_writes(LATER_WRITE)?;
+            crate::libvirt::start(conn, DOMAIN).map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+        if !on && running {
+            crate::libvirt::shutdown(conn, DOMAIN).map_err(|e| e.to_string())?;
+        }
+        Ok(false)
+    }
 }

@@ -1,14 +1,14 @@
-//! The application's state machine: monitor events, inspection results, user choices and
-//! job results in; effects (prompt, close prompt, start job, notify, save policy) out.
-//! It knows no widgets and runs no I/O, so every decision is unit-tested here.
+//! The desktop application's state machine: monitor events, inspection results, user choices
+//! and job results in; effects (prompt, close prompt, start job, notify, save policy) out.
+//! It knows no widgets, runs no I/O and words no sentence (errors and notices stay typed
+//! until a widget shows them), so every decision is unit-tested here.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::i18n::tr_f;
 use crate::libvirt::{Lifecycle, MonitorEvent, StateKind, Stopped};
-use crate::overlay::OpKind;
+use crate::overlay::{OpError, OpKind};
 
 /// A VM is named by its connection and its name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,7 +27,12 @@ impl VmKey {
 
     /// The target of the application's per-VM actions (`app.commit`, …): `(uri, name)`.
     pub fn target(&self) -> glib::Variant {
-        glib::ToVariant::to_variant(&(self.uri.as_str(), self.name.as_str()))
+        glib::prelude::ToVariant::to_variant(&(self.uri.as_str(), self.name.as_str()))
+    }
+
+    /// The type of [`VmKey::target`].
+    pub fn target_type() -> &'static glib::VariantTy {
+        glib::VariantTy::new("(ss)").expect("a valid type string")
     }
 
     /// The VM an action's target names (see [`VmKey::target`]).
@@ -46,6 +51,29 @@ pub enum Policy {
     AlwaysCommit,
     AlwaysDiscard,
     Ignore,
+}
+
+impl Policy {
+    /// The policy's name in settings files and action targets.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Ask => "ask",
+            Self::AlwaysCommit => "always-commit",
+            Self::AlwaysDiscard => "always-discard",
+            Self::Ignore => "ignore",
+        }
+    }
+
+    pub fn from_word(word: &str) -> Option<Policy> {
+        [
+            Self::Ask,
+            Self::AlwaysCommit,
+            Self::AlwaysDiscard,
+            Self::Ignore,
+        ]
+        .into_iter()
+        .find(|p| p.word() == word)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,7 +107,7 @@ pub struct Vm {
     pub prompt_open: bool,
     /// The overlay must not be touched: the VM was saved, migrated or reverted to a snapshot.
     pub keep_overlay: Option<String>,
-    pub last_result: Option<String>,
+    pub last_result: Option<Notice>,
     pub policy: Policy,
     /// Running as a VM Overlay engine's paused run (this process's job, or another's, such as
     /// `vmoverlay commit` in a terminal): not the guest running, never a prompt.
@@ -87,6 +115,8 @@ pub struct Vm {
     /// Why Commit and Discard are not offered for this VM: the same sentence `vmoverlay
     /// commit` prints for it (from the last inspection). Policies never fire while it is set.
     pub blocked: Option<String>,
+    /// The typed refusal behind [`Vm::blocked`].
+    pub blocked_by: Option<OpError>,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
@@ -100,15 +130,49 @@ pub enum InspectReason {
     Refresh,
 }
 
+/// What an inspection found: the bytes the VM's overlays hold (`None` when it has no managed
+/// disk or they cannot be read) and what, if anything, blocks Commit and Discard.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Inspection {
+    pub changed: Option<u64>,
+    pub blocked: Option<OpError>,
+}
+
+impl Inspection {
+    pub fn changed(n: u64) -> Inspection {
+        Inspection {
+            changed: Some(n),
+            blocked: None,
+        }
+    }
+}
+
+/// Something the user is told (a notification, the status window's "Last:" line). The
+/// sentence is chosen where it is shown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    Done {
+        key: VmKey,
+        op: OpKind,
+        changed: u64,
+    },
+    Failed {
+        key: VmKey,
+        op: OpKind,
+        error: OpError,
+    },
+    /// The VM stopped with changes that cannot be committed or discarded now.
+    Blocked { key: VmKey, error: OpError },
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     Monitor(MonitorEvent),
-    /// Result of `Effect::Inspect`: total changed bytes of the VM's managed disks, or why
-    /// it has none.
+    /// Result of `Effect::Inspect`.
     Inspected {
         key: VmKey,
         reason: InspectReason,
-        changed: Result<u64, String>,
+        found: Inspection,
     },
     Choice {
         key: VmKey,
@@ -119,39 +183,22 @@ pub enum Input {
         key: VmKey,
         progress: f64,
     },
+    /// A job ended: the bytes it committed or discarded, or why it failed.
     JobDone {
         key: VmKey,
         op: OpKind,
-        result: Result<String, String>,
+        result: Result<u64, OpError>,
     },
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Inspect {
-        key: VmKey,
-        reason: InspectReason,
-    },
-    ShowPrompt {
-        key: VmKey,
-        decision: Decision,
-    },
-    ClosePrompt {
-        key: VmKey,
-    },
-    StartJob {
-        key: VmKey,
-        op: OpKind,
-    },
-    SavePolicy {
-        key: VmKey,
-        policy: Policy,
-    },
-    Notify {
-        title: String,
-        body: String,
-        error: bool,
-    },
+    Inspect { key: VmKey, reason: InspectReason },
+    ShowPrompt { key: VmKey, decision: Decision },
+    ClosePrompt { key: VmKey },
+    StartJob { key: VmKey, op: OpKind },
+    SavePolicy { key: VmKey, policy: Policy },
+    Notify(Notice),
 }
 
 /// The tray's summary state, highest first.
@@ -227,11 +274,7 @@ impl Machine {
     pub fn handle(&mut self, input: Input) -> Vec<Effect> {
         match input {
             Input::Monitor(ev) => self.on_monitor(ev),
-            Input::Inspected {
-                key,
-                reason,
-                changed,
-            } => self.on_inspected(key, reason, changed),
+            Input::Inspected { key, reason, found } => self.on_inspected(key, reason, found),
             Input::Choice {
                 key,
                 choice,
@@ -349,18 +392,29 @@ impl Machine {
         &mut self,
         key: VmKey,
         reason: InspectReason,
-        changed: Result<u64, String>,
+        found: Inspection,
     ) -> Vec<Effect> {
         let vm = self.vm(&key);
-        let changed = match changed {
-            Ok(n) => n,
-            Err(why) => {
+        vm.blocked = found.blocked.as_ref().map(|e| e.to_string());
+        vm.blocked_by = found.blocked.clone();
+        vm.changed = found.changed;
+        let Some(changed) = found.changed else {
+            if let Some(why) = &found.blocked {
                 log::info!("{}: not managed: {why}", key.name);
-                vm.changed = None;
-                return Vec::new();
             }
+            vm.decision = None;
+            return Vec::new();
         };
-        vm.changed = Some(changed);
+        if let Some(error) = found.blocked {
+            // Nothing may be offered, and no policy fires; a stop with changes says why.
+            vm.decision = None;
+            let stopped = matches!(reason, InspectReason::Stopped { .. });
+            return if stopped && changed > 0 && vm.job.is_none() {
+                vec![Effect::Notify(Notice::Blocked { key, error })]
+            } else {
+                Vec::new()
+            };
+        }
         if changed == 0 {
             vm.decision = None;
             return Vec::new();
@@ -392,7 +446,7 @@ impl Machine {
 
     fn start_job(&mut self, key: VmKey, op: OpKind) -> Vec<Effect> {
         let vm = self.vm(&key);
-        if vm.job.is_some() || vm.active {
+        if vm.job.is_some() || vm.active || vm.blocked.is_some() {
             return Vec::new();
         }
         vm.job = Some(Job { op, progress: 0.0 });
@@ -444,40 +498,26 @@ impl Machine {
         }]
     }
 
-    fn on_job_done(
-        &mut self,
-        key: VmKey,
-        op: OpKind,
-        result: Result<String, String>,
-    ) -> Vec<Effect> {
+    fn on_job_done(&mut self, key: VmKey, op: OpKind, result: Result<u64, OpError>) -> Vec<Effect> {
         let vm = self.vm(&key);
         vm.job = None;
         match result {
-            Ok(summary) => {
+            Ok(changed) => {
                 vm.decision = None;
                 vm.changed = Some(0);
-                vm.last_result = Some(summary.clone());
-                let title = match op {
-                    OpKind::Commit => tr_f("{vm}: changes committed", &[("vm", &key.name)]),
-                    OpKind::Discard => tr_f("{vm}: changes discarded", &[("vm", &key.name)]),
-                };
-                vec![Effect::Notify {
-                    title,
-                    body: summary,
-                    error: false,
-                }]
+                let notice = Notice::Done { key, op, changed };
+                vm.last_result = Some(notice.clone());
+                vec![Effect::Notify(notice)]
             }
-            Err(e) => {
-                vm.last_result = Some(format!("{} failed: {e}", op.word()));
+            Err(error) => {
+                let notice = Notice::Failed {
+                    key: key.clone(),
+                    op,
+                    error,
+                };
+                vm.last_result = Some(notice.clone());
                 vec![
-                    Effect::Notify {
-                        title: tr_f(
-                            "{vm}: {operation} failed",
-                            &[("vm", &key.name), ("operation", op.word())],
-                        ),
-                        body: e,
-                        error: true,
-                    },
+                    Effect::Notify(notice),
                     Effect::Inspect {
                         key,
                         reason: InspectReason::Refresh,
@@ -533,7 +573,7 @@ mod tests {
         m.handle(Input::Inspected {
             key: key(name),
             reason,
-            changed: Ok(changed),
+            found: Inspection::changed(changed),
         })
     }
 
@@ -691,9 +731,9 @@ mod tests {
         let out = m.handle(Input::JobDone {
             key: key("a"),
             op: OpKind::Commit,
-            result: Ok("committed 7 B".into()),
+            result: Ok(7),
         });
-        assert!(matches!(&out[0], Effect::Notify { error: false, .. }));
+        assert!(matches!(&out[0], Effect::Notify(Notice::Done { .. })));
         assert_eq!(m.summary(), Summary::Idle);
         // Next clean shutdown commits without asking.
         m.handle(ev("a", 2, 0));
@@ -767,9 +807,11 @@ mod tests {
         let out = m.handle(Input::JobDone {
             key: key("a"),
             op: OpKind::Discard,
-            result: Err("locked".into()),
+            result: Err(OpError::Locked {
+                path: "/o.qcow2".into(),
+            }),
         });
-        assert!(matches!(&out[0], Effect::Notify { error: true, .. }));
+        assert!(matches!(&out[0], Effect::Notify(Notice::Failed { .. })));
         assert!(
             m.vms[&key("a")].decision.is_some(),
             "still pending after a failure"
@@ -838,5 +880,46 @@ mod tests {
         assert!(!m.vms[&key("a")].active);
         assert_eq!(m.summary(), Summary::Busy);
         assert!(m.handle(ev("a", 5, 1)).is_empty());
+    }
+
+    #[test]
+    fn a_blocked_vm_is_never_offered_nor_acted_on_by_a_policy() {
+        let blocked = OpError::SavedState { vm: "a".into() };
+        for policy in [Policy::Ask, Policy::AlwaysCommit, Policy::AlwaysDiscard] {
+            let mut m = Machine::new([(key("a"), policy)].into());
+            m.handle(ev("a", 2, 0));
+            m.handle(ev("a", 5, 0));
+            let out = m.handle(Input::Inspected {
+                key: key("a"),
+                reason: stopped_clean(),
+                found: Inspection {
+                    changed: Some(4096),
+                    blocked: Some(blocked.clone()),
+                },
+            });
+            assert_eq!(
+                out,
+                vec![Effect::Notify(Notice::Blocked {
+                    key: key("a"),
+                    error: blocked.clone()
+                })],
+                "{policy:?}"
+            );
+            let vm = &m.vms[&key("a")];
+            assert_eq!(vm.blocked.as_deref(), Some(blocked.to_string().as_str()));
+            assert_eq!(vm.decision, None);
+            // A choice from anywhere (tray, status window) starts nothing.
+            for choice in [Choice::Commit, Choice::Discard] {
+                let out = m.handle(Input::Choice {
+                    key: key("a"),
+                    choice,
+                    remember: false,
+                });
+                assert!(
+                    !out.iter().any(|e| matches!(e, Effect::StartJob { .. })),
+                    "{out:?}"
+                );
+            }
+        }
     }
 }

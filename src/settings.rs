@@ -3,7 +3,24 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use crate::machine::{Policy, VmKey};
 use crate::overlay::Pin;
+
+/// A settings file that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct SettingsError {
+    pub path: PathBuf,
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn err(path: &std::path::Path, source: impl Into<std::io::Error>) -> SettingsError {
+    SettingsError {
+        path: path.to_path_buf(),
+        source: source.into(),
+    }
+}
 
 /// `$VMOVERLAY_CONFIG_DIR`, else `$XDG_CONFIG_HOME/vmoverlay`, else `~/.config/vmoverlay`.
 pub fn config_dir() -> PathBuf {
@@ -20,65 +37,45 @@ pub fn config_dir() -> PathBuf {
 
 /// Per-VM pinned overlay/base pairs (`pins.json`: `{"VM": [{"overlay": …, "base": …}]}`),
 /// the setting form of the old `vmoverlay VM --overlay PATH --base PATH`.
-pub fn pins_for(vm: &str) -> Result<Vec<Pin>, String> {
-    let mut pins: Vec<Pin> = RUN_PINS
-        .lock()
-        .map(|p| p.get(vm).cloned().unwrap_or_default())
-        .unwrap_or_default();
-    pins.extend(pins_from_file(vm)?);
-    Ok(pins)
-}
-
-static RUN_PINS: std::sync::Mutex<BTreeMap<String, Vec<Pin>>> =
-    std::sync::Mutex::new(BTreeMap::new());
-
-/// The old command line's `vmoverlay VM --overlay PATH --base PATH`: pins for this run only.
-pub fn pin_for_this_run(vm: &str, pin: Pin) {
-    if let Ok(mut p) = RUN_PINS.lock() {
-        p.entry(vm.to_string()).or_default().push(pin);
-    }
-}
-
-fn pins_from_file(vm: &str) -> Result<Vec<Pin>, String> {
+pub fn pins_for(vm: &str) -> Result<Vec<Pin>, SettingsError> {
     let path = config_dir().join("pins.json");
     let data = match std::fs::read(&path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(err(&path, e)),
     };
     let all: BTreeMap<String, Vec<Pin>> =
-        serde_json::from_slice(&data).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&data).map_err(|e| err(&path, e))?;
     Ok(all.get(vm).cloned().unwrap_or_default())
 }
 
 /// Per-VM policies (`policies.json`: `{"URI": {"VM": "always-commit"}}`).
-pub fn load_policies() -> std::collections::BTreeMap<crate::machine::VmKey, crate::machine::Policy> {
+pub fn load_policies() -> std::collections::BTreeMap<VmKey, Policy> {
     let path = config_dir().join("policies.json");
     let Ok(data) = std::fs::read(&path) else {
         return Default::default();
     };
-    let by_uri: BTreeMap<String, BTreeMap<String, crate::machine::Policy>> =
-        match serde_json::from_slice(&data) {
-            Ok(v) => v,
-            Err(e) => {
-                log::warn!("ignoring {}: {e}", path.display());
-                return Default::default();
-            }
-        };
+    let by_uri: BTreeMap<String, BTreeMap<String, Policy>> = match serde_json::from_slice(&data) {
+        Ok(v) => v,
+        Err(e) => {
+            log::warn!("ignoring {}: {e}", path.display());
+            return Default::default();
+        }
+    };
     by_uri
         .into_iter()
         .flat_map(|(uri, vms)| {
             vms.into_iter()
-                .map(move |(name, p)| (crate::machine::VmKey::new(&uri, &name), p))
+                .map(move |(name, p)| (VmKey::new(&uri, &name), p))
         })
         .collect()
 }
 
 /// Remembers one VM's policy (written atomically).
-pub fn save_policy(key: &crate::machine::VmKey, policy: crate::machine::Policy) -> Result<(), String> {
+pub fn save_policy(key: &VmKey, policy: Policy) -> Result<(), SettingsError> {
     let dir = config_dir();
     let path = dir.join("policies.json");
-    let mut by_uri: BTreeMap<String, BTreeMap<String, crate::machine::Policy>> = std::fs::read(&path)
+    let mut by_uri: BTreeMap<String, BTreeMap<String, Policy>> = std::fs::read(&path)
         .ok()
         .and_then(|d| serde_json::from_slice(&d).ok())
         .unwrap_or_default();
@@ -92,7 +89,7 @@ pub fn save_policy(key: &crate::machine::VmKey, policy: crate::machine::Policy) 
         std::fs::write(&tmp, serde_json::to_vec_pretty(&by_uri)?)?;
         std::fs::rename(&tmp, &path)
     };
-    write().map_err(|e| format!("{}: {e}", path.display()))
+    write().map_err(|e| err(&path, e))
 }
 
 /// The XDG autostart entry that starts the app at login.
@@ -131,7 +128,7 @@ pub fn portal_autostart_remembered() -> bool {
     portal_autostart_path().exists()
 }
 
-pub fn remember_portal_autostart(enabled: bool) -> Result<(), String> {
+pub fn remember_portal_autostart(enabled: bool) -> Result<(), SettingsError> {
     let path = portal_autostart_path();
     let done = if enabled {
         std::fs::create_dir_all(config_dir()).and_then(|_| std::fs::write(&path, "1\n"))
@@ -141,17 +138,15 @@ pub fn remember_portal_autostart(enabled: bool) -> Result<(), String> {
             other => other,
         }
     };
-    done.map_err(|e| format!("{}: {e}", path.display()))
+    done.map_err(|e| err(&path, e))
 }
 
 /// Writes or removes the autostart entry. `uris` are passed on to the started app.
-pub fn set_autostart(enabled: bool, uris: &[String]) -> Result<(), String> {
+pub fn set_autostart(enabled: bool, uris: &[String]) -> Result<(), SettingsError> {
     let path = autostart_path();
     if !enabled {
         return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(format!("{}: {e}", path.display()))
-            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(err(&path, e)),
             _ => Ok(()),
         };
     }
@@ -176,5 +171,5 @@ pub fn set_autostart(enabled: bool, uris: &[String]) -> Result<(), String> {
     );
     std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
         .and_then(|_| std::fs::write(&path, entry))
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|e| err(&path, e))
 }

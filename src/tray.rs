@@ -2,8 +2,8 @@
 //! on ksni's own thread and travel to the glib main loop over a channel. The main loop updates
 //! the tray only when the state it shows changes.
 
-use crate::machine::{Summary, VmKey};
 use crate::i18n::tr;
+use crate::machine::{Summary, VmKey};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrayAction {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::images::*;
 use vmoverlay::overlay::{
-    self, chain::inspect_overlay, ops, EngineError, JobEvent, Journal, OpKind, Progress, Request,
+    self, discover::inspect_overlay, ops, JobEvent, Journal, OpError, OpKind, Progress, Request,
 };
 
 struct Setup {
@@ -53,7 +53,7 @@ fn request(s: &Setup, op: OpKind) -> Request {
     }
 }
 
-fn run(s: &Setup, op: OpKind) -> Result<ops::Outcome, EngineError> {
+fn run(s: &Setup, op: OpKind) -> Result<overlay::Outcome, OpError> {
     ops::run(&request(s, op), &NoDomain, &s.journal, &mut |_| {})
 }
 
@@ -214,7 +214,7 @@ fn sigkill_of_qemu_img_mid_commit_is_completed_from_the_journal() {
     };
     let killed_at = killed_at.expect("commit was killed midway");
     let err = result.expect_err("a killed commit fails");
-    assert!(matches!(err, EngineError::Failed { .. }), "{err}");
+    assert!(matches!(err, OpError::Failed { .. }), "{err}");
     assert!(err.to_string().contains("intact"), "{err}");
     assert!(killed_at < 1.0);
     // Nothing is lost: the guest's view (overlay over base) is complete.
@@ -246,9 +246,10 @@ fn journal_interrupted_discard(s: &Setup) {
         op: OpKind::Discard,
         uri: req.uri,
         domain: req.domain,
+        uuid: None,
         disk: req.disk,
-        phase: vmoverlay::overlay::journal::Phase::Rebuilding,
-        overlay_stamp: vmoverlay::overlay::journal::Stamp::of(&s.overlay).ok(),
+        phase: vmoverlay::overlay::Phase::Rebuilding,
+        overlay_stamp: vmoverlay::overlay::Stamp::of(&s.overlay).ok(),
         started: "2026-11-22T00:00:00Z".into(),
     };
     s.journal.begin(&rec).unwrap();
@@ -414,17 +415,23 @@ fn bad_images_are_not_managed_and_say_why() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n);
     // Missing overlay.
-    let e = inspect_overlay("vda", &p("nothing.qcow2")).unwrap_err();
+    let e = inspect_overlay("vda", &p("nothing.qcow2"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing"), "{e}");
     // Missing base.
     create_base(&p("gone.qcow2"), "16M");
     create_overlay(&p("orphan.qcow2"), "gone.qcow2");
     std::fs::remove_file(p("gone.qcow2")).unwrap();
-    let e = inspect_overlay("vda", &p("orphan.qcow2")).unwrap_err();
+    let e = inspect_overlay("vda", &p("orphan.qcow2"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("gone.qcow2"), "{e}");
     // No backing file.
     create_base(&p("plain.qcow2"), "16M");
-    let e = inspect_overlay("vda", &p("plain.qcow2")).unwrap_err();
+    let e = inspect_overlay("vda", &p("plain.qcow2"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no backing file"), "{e}");
     // Backing loop.
     create_base(&p("a.qcow2"), "16M");
@@ -438,7 +445,9 @@ fn bad_images_are_not_managed_and_say_why() {
         "b.qcow2",
         p("a.qcow2").to_str().unwrap(),
     ]);
-    let e = inspect_overlay("vda", &p("b.qcow2")).unwrap_err();
+    let e = inspect_overlay("vda", &p("b.qcow2"))
+        .unwrap_err()
+        .to_string();
     assert!(e.to_lowercase().contains("loop"), "{e}");
     // Not qcow2.
     qemu_img(&[
@@ -449,13 +458,17 @@ fn bad_images_are_not_managed_and_say_why() {
         p("raw.img").to_str().unwrap(),
         "16M",
     ]);
-    let e = inspect_overlay("vda", &p("raw.img")).unwrap_err();
+    let e = inspect_overlay("vda", &p("raw.img"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("raw"), "{e}");
     // Symlinked overlay.
     create_base(&p("base.qcow2"), "16M");
     create_overlay(&p("real.qcow2"), "base.qcow2");
     std::os::unix::fs::symlink(p("real.qcow2"), p("link.qcow2")).unwrap();
-    let e = inspect_overlay("vda", &p("link.qcow2")).unwrap_err();
+    let e = inspect_overlay("vda", &p("link.qcow2"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("symlink"), "{e}");
 }
 
@@ -466,11 +479,11 @@ struct StartsAfter {
 }
 
 impl vmoverlay::overlay::DomainCheck for StartsAfter {
-    fn ensure_inactive(&self) -> Result<(), EngineError> {
+    fn ensure_inactive(&self) -> Result<(), OpError> {
         use std::sync::atomic::Ordering;
         let left = self.off_calls.load(Ordering::SeqCst);
         if left == 0 {
-            return Err(EngineError::DomainActive {
+            return Err(OpError::DomainActive {
                 domain: "images-only".into(),
                 state: "running (booted)".into(),
             });
@@ -478,7 +491,7 @@ impl vmoverlay::overlay::DomainCheck for StartsAfter {
         self.off_calls.store(left - 1, Ordering::SeqCst);
         Ok(())
     }
-    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, EngineError> {
+    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, OpError> {
         Ok(Vec::new())
     }
 }

@@ -79,5 +79,8 @@ fn policies_autostart_and_pins_round_trip() {
     assert_eq!(pins[0].base, std::path::PathBuf::from("/img/base.qcow2"));
     assert!(settings::pins_for("other").unwrap().is_empty());
     std::fs::write(dir.path().join("vmoverlay/pins.json"), "{not json").unwrap();
-    assert!(settings::pins_for("a").unwrap_err().contains("pins.json"));
+    assert!(settings::pins_for("a")
+        .unwrap_err()
+        .to_string()
+        .contains("pins.json"));
 }

@@ -1,19 +1,21 @@
-//! Domain lookups the engine and the CLI need, over libvirt's safe API.
+//! What the overlay operations ask libvirt about a domain: its disks, whether it runs,
+//! whether libvirt keeps state that needs its images as they are (a managed save, snapshots,
+//! checkpoints), and who else uses a base, on every connection this process knows.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use virt::connect::Connect;
 use virt::domain::Domain;
 
-use super::engine::{is_local_uri, LibvirtImages};
+use super::engine::{is_local_uri, LibvirtEngine};
 use super::events::DomainState;
 use super::ffi;
-use crate::overlay::backend::{locally_writable, QemuImg};
-use crate::overlay::chain::parse_disks;
+use crate::overlay::discover::parse_disks;
+use crate::overlay::qemu_img::locally_writable;
 use crate::overlay::{
-    image, DomainCheck, DomainDisks, EngineChoice, EngineError, EngineKind, Images, ManagedDisk,
-    Record,
+    image, DomainCheck, DomainDisks, Engine, EngineChoice, ImageEngine, ManagedDisk, OpError,
+    QemuImgEngine, Record, SkipReason,
 };
 
 pub fn state(dom: &Domain) -> Result<DomainState, virt::error::Error> {
@@ -21,65 +23,84 @@ pub fn state(dom: &Domain) -> Result<DomainState, virt::error::Error> {
     Ok(DomainState::from_raw(s, r))
 }
 
-/// A domain's disks as the engine sees them: its current definition, with the user's pins,
-/// each disk with the engine `choice` gives it.
-pub fn domain_disks(check: &LibvirtCheck, choice: EngineChoice) -> Result<DomainDisks, String> {
-    let xml = check
-        .conn
-        .lookup_domain_by_name(&check.domain)
-        .and_then(|d| d.xml_desc(0))
-        .map_err(|e| e.message().to_string())?;
-    let pins = crate::settings::pins_for(&check.domain)?;
+fn not_found(what: String) -> OpError {
+    OpError::NotFound { what }
+}
+
+/// A domain's disks as the operations see them: its current definition, with the user's
+/// pins, each disk with the engine `choice` gives it.
+pub fn domain_disks(
+    check: &LibvirtCheck,
+    choice: EngineChoice,
+    pins: &[crate::overlay::Pin],
+) -> Result<DomainDisks, OpError> {
+    let xml = check.domain().and_then(|d| {
+        d.xml_desc(0)
+            .map_err(|e| not_found(format!("domain '{}': {}", check.domain, e.message())))
+    })?;
     let local = is_local_uri(&check.uri);
-    let via_libvirt = |target: &str, source: &Path| -> Result<ManagedDisk, String> {
+    let via_libvirt = |target: &str, source: &Path| -> Result<ManagedDisk, SkipReason> {
         check
-            .libvirt_images()
-            .map_err(|e| e.to_string())?
+            .libvirt_engine()
+            .map_err(|e| SkipReason::Unreadable {
+                path: source.to_path_buf(),
+                detail: e.to_string(),
+            })?
             .inspect(target, source)
     };
-    let inspect = |target: &str, source: &Path| -> Result<ManagedDisk, String> {
+    let inspect = |target: &str, source: &Path| -> Result<ManagedDisk, SkipReason> {
         match choice {
-            EngineChoice::Only(EngineKind::QemuImg) if !local => Err(format!(
-                "{} is on the host of {}: only the libvirt engine can reach it",
-                source.display(),
-                check.uri
-            )),
-            EngineChoice::Only(EngineKind::QemuImg) => QemuImg.inspect(target, source),
-            EngineChoice::Only(EngineKind::Libvirt) => via_libvirt(target, source),
+            EngineChoice::Only(Engine::QemuImg) if !local => Err(SkipReason::RemoteOnly {
+                path: source.to_path_buf(),
+                uri: check.uri.clone(),
+            }),
+            EngineChoice::Only(Engine::QemuImg) => QemuImgEngine.inspect(target, source),
+            EngineChoice::Only(Engine::Libvirt) => via_libvirt(target, source),
             EngineChoice::Auto if !local => via_libvirt(target, source),
-            EngineChoice::Auto => match QemuImg.inspect(target, source) {
+            EngineChoice::Auto => match QemuImgEngine.inspect(target, source) {
                 Ok(disk) if locally_writable(&disk) => Ok(disk),
                 // Readable but not writable here: let libvirtd work.
                 Ok(disk) => via_libvirt(target, source).or(Ok(disk)),
                 // Not even readable here (or not here at all, as in a sandbox): libvirtd.
                 // A refusal about the image itself (a symlink, no backing file) stands.
-                Err(e) if std::fs::File::open(source).is_err() => {
-                    via_libvirt(target, source).map_err(|lv| format!("{e}; through libvirt: {lv}"))
-                }
+                Err(e) if std::fs::File::open(source).is_err() => via_libvirt(target, source)
+                    .map_err(|lv| SkipReason::NotThroughLibvirt {
+                        detail: e.to_string(),
+                        libvirt: lv.to_string(),
+                    }),
                 Err(e) => Err(e),
             },
         }
     };
-    crate::overlay::discover_with(&xml, &pins, &inspect)
+    crate::overlay::discover_with(&xml, pins, &inspect).map_err(not_found)
 }
 
 /// The check for the domain a journal record names, over a new read-only connection to the
-/// record's URI (how interrupted operations are resumed). The libvirt engine opens its own
-/// read-write connection when the record's disk needs it.
-pub fn check_for_record(rec: &Record) -> Result<Box<dyn DomainCheck>, EngineError> {
-    let conn = super::open(&rec.uri, true).map_err(|e| EngineError::NotFound {
-        what: format!("cannot connect to '{}': {}", rec.uri, e.message()),
-    })?;
-    Ok(Box::new(LibvirtCheck::new(conn, &rec.uri, &rec.domain)))
+/// record's URI (how interrupted operations are resumed). The domain is found by its UUID
+/// when the record has one, so a renamed domain is still found.
+pub fn check_for_record(rec: &Record) -> Result<Box<dyn DomainCheck>, OpError> {
+    let conn = super::open(&rec.uri, true)
+        .map_err(|e| not_found(format!("cannot connect to '{}': {}", rec.uri, e.message())))?;
+    let name = rec
+        .uuid
+        .as_deref()
+        .and_then(|u| conn.lookup_domain_by_uuid_string(u).ok())
+        .and_then(|d| d.name().ok())
+        .unwrap_or_else(|| rec.domain.clone());
+    Ok(Box::new(LibvirtCheck::new(conn, &rec.uri, &name)))
 }
 
-/// The engine's view of one domain: is it running, who else uses a base, and (when libvirt
-/// does the work) the libvirt engine on a read-write connection of its own.
+/// The operations' view of one domain: is it running, does libvirt keep state that needs its
+/// images, who else uses a base, and (when libvirt does the work) the libvirt engine on a
+/// read-write connection of its own.
 pub struct LibvirtCheck {
     conn: Connect,
     uri: String,
     domain: String,
-    libvirt: OnceLock<Result<LibvirtImages, String>>,
+    /// Every other connection this process knows (`--connect`, the app's monitors): a base
+    /// may be used by a domain on any of them.
+    others: Vec<(String, Connect)>,
+    libvirt: OnceLock<Result<LibvirtEngine, String>>,
 }
 
 impl LibvirtCheck {
@@ -88,15 +109,33 @@ impl LibvirtCheck {
             conn,
             uri: uri.to_string(),
             domain: domain.to_string(),
+            others: Vec::new(),
             libvirt: OnceLock::new(),
         }
+    }
+
+    /// Also looks for users of a base on these connections (those to `uri` itself are
+    /// skipped).
+    pub fn with_others(mut self, others: Vec<(String, Connect)>) -> LibvirtCheck {
+        self.others = others.into_iter().filter(|(u, _)| *u != self.uri).collect();
+        self
     }
 
     pub fn connection(&self) -> &Connect {
         &self.conn
     }
 
-    fn libvirt_images(&self) -> Result<&LibvirtImages, EngineError> {
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    fn domain(&self) -> Result<Domain, OpError> {
+        self.conn
+            .lookup_domain_by_name(&self.domain)
+            .map_err(|e| not_found(format!("domain '{}': {}", self.domain, e.message())))
+    }
+
+    fn libvirt_engine(&self) -> Result<&LibvirtEngine, OpError> {
         self.libvirt
             .get_or_init(|| {
                 let conn = super::open(&self.uri, false).map_err(|e| {
@@ -106,43 +145,24 @@ impl LibvirtCheck {
                         e.message()
                     )
                 })?;
-                Ok(LibvirtImages::new(conn, &self.uri, &self.domain))
+                Ok(LibvirtEngine::new(conn, &self.uri, &self.domain))
             })
             .as_ref()
-            .map_err(|what| EngineError::NotFound { what: what.clone() })
-    }
-}
-
-impl DomainCheck for LibvirtCheck {
-    fn ensure_inactive(&self) -> Result<(), EngineError> {
-        let dom =
-            self.conn
-                .lookup_domain_by_name(&self.domain)
-                .map_err(|e| EngineError::NotFound {
-                    what: format!("domain '{}': {}", self.domain, e.message()),
-                })?;
-        let st = state(&dom).map_err(|e| EngineError::NotFound {
-            what: format!("state of '{}': {}", self.domain, e.message()),
-        })?;
-        if st.kind.is_active() {
-            return Err(EngineError::DomainActive {
-                domain: self.domain.clone(),
-                state: format!("{} ({})", st.kind.word(), st.reason_word()),
-            });
-        }
-        Ok(())
+            .map_err(|what| not_found(what.clone()))
     }
 
-    fn other_users(&self, base: &Path, overlay: &Path) -> Result<Vec<String>, EngineError> {
-        let domains = self
-            .conn
-            .list_all_domains(0)
-            .map_err(|e| EngineError::NotFound {
-                what: format!("listing domains: {}", e.message()),
-            })?;
+    /// Users of `base` other than `overlay` on one connection: disks of every domain (files
+    /// and pool volumes) whose chain contains it, and every pool volume backed by it.
+    fn users_on(
+        &self,
+        conn: &Connect,
+        uri: &str,
+        base: &Path,
+        overlay: &Path,
+    ) -> Result<Vec<String>, OpError> {
         // A remote host's paths name its files, not ours: compare them as written, and ask
         // libvirtd (never this machine) what backs an image.
-        let local = is_local_uri(&self.uri);
+        let local = is_local_uri(uri);
         let same = |a: &Path, b: &Path| {
             if local {
                 image::same_path(a, b)
@@ -150,44 +170,148 @@ impl DomainCheck for LibvirtCheck {
                 a == b
             }
         };
+        let backed_by_base = |src: &Path| -> bool {
+            match local.then(|| image::backing_chain(src)) {
+                Some(Ok(chain)) => chain
+                    .iter()
+                    .skip(1)
+                    .any(|l| image::same_file(Path::new(&l.filename), base)),
+                // Remote, or not readable here: libvirtd reads the backing file.
+                _ => volume_backing(conn, src).is_some_and(|b| same(&b, base)),
+            }
+        };
+        let here = if uri == self.uri {
+            String::new()
+        } else {
+            format!(" on {uri}")
+        };
+        let domains = conn
+            .list_all_domains(0)
+            .map_err(|e| not_found(format!("listing domains on {uri}: {}", e.message())))?;
         let mut users = Vec::new();
         for dom in domains {
             let (Ok(name), Ok(xml)) = (dom.name(), dom.xml_desc(0)) else {
                 continue;
             };
             for disk in parse_disks(&xml).unwrap_or_default() {
-                let Some(src) = disk.source.filter(|_| disk.kind == "file") else {
-                    continue;
+                let src = match (disk.kind.as_str(), &disk.source, &disk.pool_volume) {
+                    ("file", Some(src), _) => PathBuf::from(src),
+                    ("volume", _, Some((pool, vol))) => match volume_path(conn, pool, vol) {
+                        Some(p) => p,
+                        None => continue,
+                    },
+                    _ => continue,
                 };
-                let src = Path::new(&src);
-                if same(src, overlay) {
+                if same(&src, overlay) {
                     continue;
                 }
-                let uses_base = same(src, base)
-                    || match local.then(|| image::backing_chain(src)) {
-                        Some(Ok(chain)) => chain
-                            .iter()
-                            .skip(1)
-                            .any(|l| image::same_file(Path::new(&l.filename), base)),
-                        // Remote, or not readable here: libvirtd reads the backing file.
-                        _ => self
-                            .libvirt_images()
-                            .ok()
-                            .and_then(|lv| lv.backing_of(src))
-                            .is_some_and(|b| b == base),
-                    };
-                if uses_base {
-                    users.push(format!("domain {name} ({})", disk.target));
+                if same(&src, base) || backed_by_base(&src) {
+                    users.push(format!("domain {name} ({}){here}", disk.target));
+                }
+            }
+        }
+        // Images no domain uses yet, in directories libvirt knows as pools.
+        for pool in conn
+            .list_all_storage_pools(virt::sys::VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)
+            .unwrap_or_default()
+        {
+            let _ = pool.refresh(0);
+            for vol in pool.list_all_volumes(0).unwrap_or_default() {
+                let Ok(xml) = vol.xml_desc(0) else { continue };
+                let Ok(info) = super::engine::parse_vol(&xml) else {
+                    continue;
+                };
+                if same(&info.path, overlay) || same(&info.path, base) {
+                    continue;
+                }
+                if info.backing.as_deref().is_some_and(|b| same(b, base)) {
+                    let user = format!("{}{here}", info.path.display());
+                    if !users.iter().any(|u: &String| u.contains(&user)) {
+                        users.push(user);
+                    }
                 }
             }
         }
         Ok(users)
     }
+}
 
-    fn images(&self, kind: EngineKind) -> Result<&dyn Images, EngineError> {
+/// The file of volume `vol` in pool `pool`.
+fn volume_path(conn: &Connect, pool: &str, vol: &str) -> Option<PathBuf> {
+    let pool = conn.lookup_storage_pool_by_name(pool).ok()?;
+    let vol = pool.lookup_storage_vol_by_name(vol).ok()?;
+    vol.path().ok().map(PathBuf::from)
+}
+
+/// The backing file of the image at `path`, as libvirtd reads it (when a pool knows it).
+fn volume_backing(conn: &Connect, path: &Path) -> Option<PathBuf> {
+    let vol = conn
+        .lookup_storage_vol_by_path(&path.to_string_lossy())
+        .ok()?;
+    super::engine::parse_vol(&vol.xml_desc(0).ok()?)
+        .ok()?
+        .backing
+}
+
+impl DomainCheck for LibvirtCheck {
+    fn ensure_inactive(&self) -> Result<(), OpError> {
+        let dom = self.domain()?;
+        let st = state(&dom)
+            .map_err(|e| not_found(format!("state of '{}': {}", self.domain, e.message())))?;
+        if st.kind.is_active() {
+            return Err(OpError::DomainActive {
+                domain: self.domain.clone(),
+                state: format!("{} ({})", st.kind.word(), st.reason_word()),
+            });
+        }
+        Ok(())
+    }
+
+    fn ensure_no_saved_state(&self) -> Result<(), OpError> {
+        let dom = self.domain()?;
+        let vm = self.domain.clone();
+        if dom
+            .has_managed_save(0)
+            .map_err(|e| not_found(format!("managed save of '{vm}': {}", e.message())))?
+        {
+            return Err(OpError::SavedState { vm });
+        }
+        let names: Vec<String> = dom
+            .list_all_snapshots(0)
+            .map_err(|e| not_found(format!("snapshots of '{vm}': {}", e.message())))?
+            .iter()
+            .filter_map(|s| s.name().ok())
+            .collect();
+        if !names.is_empty() {
+            return Err(OpError::Snapshots { vm, names });
+        }
+        let names = ffi::checkpoint_names(&dom)
+            .map_err(|e| not_found(format!("checkpoints of '{vm}': {e}")))?;
+        if !names.is_empty() {
+            return Err(OpError::Checkpoints { vm, names });
+        }
+        Ok(())
+    }
+
+    fn other_users(&self, base: &Path, overlay: &Path) -> Result<Vec<String>, OpError> {
+        let mut users = self.users_on(&self.conn, &self.uri, base, overlay)?;
+        for (uri, conn) in &self.others {
+            // Paths on another host name other files: only local connections share files.
+            if is_local_uri(uri) && is_local_uri(&self.uri) {
+                users.extend(self.users_on(conn, uri, base, overlay)?);
+            }
+        }
+        Ok(users)
+    }
+
+    fn uuid(&self) -> Option<String> {
+        self.domain().ok()?.uuid_string().ok()
+    }
+
+    fn images(&self, kind: Engine) -> Result<&dyn ImageEngine, OpError> {
         match kind {
-            EngineKind::QemuImg => Ok(&QemuImg),
-            EngineKind::Libvirt => Ok(self.libvirt_images()?),
+            Engine::QemuImg => Ok(&QemuImgEngine),
+            Engine::Libvirt => Ok(self.libvirt_engine()?),
         }
     }
 }

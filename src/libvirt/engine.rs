@@ -24,8 +24,9 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use super::ffi;
-use crate::overlay::journal::{Phase, Stamp};
-use crate::overlay::{EngineError, EngineKind, Images, ManagedDisk, Progress};
+use crate::overlay::{
+    Engine, ImageEngine, ManagedDisk, OpError, Phase, Progress, SkipReason, Stamp,
+};
 
 /// Namespace of the metadata element that marks the engine's own paused start.
 pub const JOB_NS: &str = "https://vmoverlay.github.io/xmlns/job/1";
@@ -187,7 +188,7 @@ pub fn estimated_changes(vol: &VolInfo) -> u64 {
 }
 
 /// The libvirt engine for one domain on one connection (read-write).
-pub struct LibvirtImages {
+pub struct LibvirtEngine {
     conn: Connect,
     domain: String,
     /// The connection reaches this machine: files readable here are the domain's files.
@@ -198,9 +199,9 @@ pub struct LibvirtImages {
     locks_just_held: std::sync::atomic::AtomicBool,
 }
 
-impl LibvirtImages {
-    pub fn new(conn: Connect, uri: &str, domain: &str) -> LibvirtImages {
-        LibvirtImages {
+impl LibvirtEngine {
+    pub fn new(conn: Connect, uri: &str, domain: &str) -> LibvirtEngine {
+        LibvirtEngine {
             conn,
             domain: domain.to_string(),
             local: is_local_uri(uri),
@@ -398,39 +399,35 @@ const JOB_FAILED: i32 = 1;
 const JOB_CANCELED: i32 = 2;
 const JOB_READY: i32 = 3;
 
-impl Images for LibvirtImages {
-    fn kind(&self) -> EngineKind {
-        EngineKind::Libvirt
+impl ImageEngine for LibvirtEngine {
+    fn kind(&self) -> Engine {
+        Engine::Libvirt
     }
 
-    fn inspect(&self, target: &str, overlay: &Path) -> Result<ManagedDisk, String> {
-        let (_, _, vol) = self.volume(overlay)?;
+    fn inspect(&self, target: &str, overlay: &Path) -> Result<ManagedDisk, SkipReason> {
+        let path = overlay.to_path_buf();
+        let (_, _, vol) = self
+            .volume(overlay)
+            .map_err(|detail| SkipReason::Unreadable {
+                path: path.clone(),
+                detail,
+            })?;
         if vol.path != overlay {
-            return Err(format!(
-                "overlay {} is a link to {}; name the real file so it can be replaced safely",
-                overlay.display(),
-                vol.path.display()
-            ));
+            return Err(SkipReason::Symlink { path });
         }
         if vol.format != "qcow2" {
-            return Err(format!(
-                "{} is a {} image, not a qcow2 overlay",
-                overlay.display(),
-                vol.format
-            ));
+            return Err(SkipReason::NotQcow2 {
+                path,
+                format: vol.format,
+            });
         }
-        let base = vol.backing.clone().ok_or_else(|| {
-            format!(
-                "{} has no backing file: it is not an overlay",
-                overlay.display()
-            )
-        })?;
-        let (_, _, base_vol) = self.volume(&base).map_err(|e| {
-            format!(
-                "the base {} of {} is missing: {e}",
-                base.display(),
-                overlay.display()
-            )
+        let base = vol
+            .backing
+            .clone()
+            .ok_or(SkipReason::NoBackingFile { path: path.clone() })?;
+        let (_, _, base_vol) = self.volume(&base).map_err(|_| SkipReason::BaseMissing {
+            path: path.clone(),
+            base: base.display().to_string(),
         })?;
         Ok(ManagedDisk {
             target: target.to_string(),
@@ -440,15 +437,34 @@ impl Images for LibvirtImages {
             base_format: vol.backing_format.clone().unwrap_or(base_vol.format),
             virtual_size: vol.capacity,
             cluster_size: vol.cluster_size,
-            engine: EngineKind::Libvirt,
+            engine: Engine::Libvirt,
         })
     }
 
-    fn changed_bytes(&self, disk: &ManagedDisk) -> Result<u64, String> {
-        Ok(estimated_changes(&self.volume(&disk.overlay)?.2))
+    fn changed_bytes(&self, disk: &ManagedDisk) -> Result<u64, SkipReason> {
+        let (_, _, vol) = self
+            .volume(&disk.overlay)
+            .map_err(|detail| SkipReason::Unreadable {
+                path: disk.overlay.clone(),
+                detail,
+            })?;
+        Ok(estimated_changes(&vol))
     }
 
-    fn ensure_unlocked(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), EngineError> {
+    fn ensure_nothing_inside(&self, disk: &ManagedDisk, commit: bool) -> Result<(), OpError> {
+        // The volume API shows neither internal snapshots nor bitmaps. Where the files are
+        // readable here, read them; elsewhere libvirt's own snapshots and checkpoints (asked
+        // by the domain check) are what can be known.
+        let readable = [&disk.overlay, &disk.base]
+            .iter()
+            .all(|p| std::fs::File::open(p).is_ok());
+        if self.local && readable {
+            return crate::overlay::qemu_img::ensure_nothing_inside(disk, commit);
+        }
+        Ok(())
+    }
+
+    fn ensure_unlocked(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), OpError> {
         // Where this process can open the images, ask the kernel about QEMU's locks; else
         // the check waits for `prepare_write`, where QEMU itself is asked.
         let mut paths = vec![disk.overlay.as_path()];
@@ -461,7 +477,7 @@ impl Images for LibvirtImages {
         Ok(())
     }
 
-    fn prepare_write(&self, disk: &ManagedDisk, phase: Phase) -> Result<(), EngineError> {
+    fn prepare_write(&self, disk: &ManagedDisk, phase: Phase) -> Result<(), OpError> {
         self.ensure_unlocked(disk, phase == Phase::Committing)?;
         let purpose = match phase {
             // The commit's own run: QEMU takes the locks of the whole chain, or fails.
@@ -477,28 +493,28 @@ impl Images for LibvirtImages {
         let run = match self.start_paused(disk, purpose) {
             Ok(run) => run,
             Err(msg) if is_lock_error(&msg) => {
-                return Err(EngineError::Locked {
+                return Err(OpError::Locked {
                     path: disk.overlay.clone(),
                 })
             }
             Err(msg) if msg.contains("already active") => {
-                return Err(EngineError::DomainActive {
+                return Err(OpError::DomainActive {
                     domain: self.domain.clone(),
                     state: "running".into(),
                 })
             }
-            Err(what) => return Err(EngineError::NotFound { what }),
+            Err(what) => return Err(OpError::NotFound { what }),
         };
         match purpose {
             RunPurpose::Commit => {
                 *self.prepared.lock().unwrap_or_else(|p| p.into_inner()) = Some(run)
             }
-            RunPurpose::LockProbe => run.end().map_err(|what| EngineError::NotFound { what })?,
+            RunPurpose::LockProbe => run.end().map_err(|what| OpError::NotFound { what })?,
         }
         Ok(())
     }
 
-    fn ensure_writable(&self, _disk: &ManagedDisk, _base_too: bool) -> Result<(), EngineError> {
+    fn ensure_writable(&self, _disk: &ManagedDisk, _base_too: bool) -> Result<(), OpError> {
         Ok(()) // libvirtd writes with its own rights; a refusal surfaces as a failed start
     }
 
@@ -679,7 +695,7 @@ impl Images for LibvirtImages {
             .map_err(|e| format!("creating the new overlay: {}", e.message()))
     }
 
-    fn clean_up_interrupted(&self) -> Result<(), EngineError> {
+    fn clean_up_interrupted(&self) -> Result<(), OpError> {
         let Ok(dom) = self.domain() else {
             return Ok(());
         };
@@ -690,7 +706,7 @@ impl Images for LibvirtImages {
             );
             PausedRun { dom }
                 .end()
-                .map_err(|what| EngineError::NotFound { what })?;
+                .map_err(|what| OpError::NotFound { what })?;
         }
         Ok(())
     }

@@ -410,3 +410,36 @@ pub fn block_job_info(
 fn cstring(s: &str) -> Result<std::ffi::CString, String> {
     std::ffi::CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
 }
+
+/// The names of a domain's checkpoints (`virDomainListAllCheckpoints`; `virt` has no wrapper).
+pub fn checkpoint_names(dom: &virt::domain::Domain) -> Result<Vec<String>, String> {
+    let mut list: *mut sys::virDomainCheckpointPtr = std::ptr::null_mut();
+    // SAFETY: `dom` owns a live reference; `list` is an out-pointer libvirt fills with an
+    // array it allocates (freed below, with each element).
+    let n = unsafe { sys::virDomainListAllCheckpoints(dom.as_ptr(), &mut list, 0) };
+    if n < 0 {
+        return Err(last_error());
+    }
+    let mut names = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        // SAFETY: libvirt returned `n` valid checkpoint pointers in `list`; each is read once
+        // and freed once, and its name is copied before the free.
+        unsafe {
+            let cp = *list.add(i);
+            let name = sys::virDomainCheckpointGetName(cp);
+            if !name.is_null() {
+                names.push(
+                    std::ffi::CStr::from_ptr(name)
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+            sys::virDomainCheckpointFree(cp);
+        }
+    }
+    if !list.is_null() {
+        // SAFETY: the array itself was allocated by libvirt with its allocator (malloc).
+        unsafe { libc::free(list as *mut c_void) };
+    }
+    Ok(names)
+}

@@ -1,4 +1,6 @@
-//! The only place that touches libvirt.
+//! The only place that touches libvirt: the monitor (lifecycle events), the questions the
+//! overlay operations ask about a domain ([`domains`]), the libvirt engine ([`engine`]), and
+//! every `unsafe` call in [`ffi`].
 
 pub mod domains;
 pub mod engine;
@@ -28,4 +30,19 @@ pub fn open(uri: &str, read_only: bool) -> Result<Connect, virt::error::Error> {
     } else {
         Connect::open(Some(uri))
     }
+}
+
+/// Whether domain `name` runs (or is paused, …).
+pub fn is_running(conn: &Connect, name: &str) -> Result<bool, virt::error::Error> {
+    conn.lookup_domain_by_name(name)?.is_active()
+}
+
+/// Starts the defined domain `name`.
+pub fn start(conn: &Connect, name: &str) -> Result<(), virt::error::Error> {
+    conn.lookup_domain_by_name(name)?.create().map(|_| ())
+}
+
+/// Asks domain `name` to shut down (ACPI, or the driver's equivalent).
+pub fn shutdown(conn: &Connect, name: &str) -> Result<(), virt::error::Error> {
+    conn.lookup_domain_by_name(name)?.shutdown().map(|_| ())
 }

@@ -1,17 +1,107 @@
-//! What the engine refuses or fails with. Every refusal says that nothing was changed; a
-//! failure midway says where the guest's data is.
+//! What the overlay operations refuse or fail with, typed until the CLI or a widget shows
+//! them. `Display` gives the translated sentence: one sentence per case, with named
+//! placeholders, never a word pasted into a sentence. Every refusal says that nothing was
+//! changed; a failure midway says where the guest's data is.
 
 use std::path::PathBuf;
 
 use crate::i18n::tr_f;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EngineError {
+fn p(p: &std::path::Path) -> String {
+    p.display().to_string()
+}
+
+/// Why a disk of a domain is not managed (listed by `status`, refused by `commit`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SkipReason {
+    /// A cdrom or floppy drive.
+    Drive {
+        device: String,
+    },
+    NetworkDisk,
+    BlockDevice,
+    PoolVolume,
+    NotAFile,
+    NoImage,
+    /// The definition says the disk is not qcow2.
+    DefinedNotQcow2 {
+        format: String,
+    },
+    Missing {
+        path: PathBuf,
+        detail: String,
+    },
+    Symlink {
+        path: PathBuf,
+    },
+    NotRegularFile {
+        path: PathBuf,
+    },
+    NotQcow2 {
+        path: PathBuf,
+        format: String,
+    },
+    NoBackingFile {
+        path: PathBuf,
+    },
+    BaseMissing {
+        path: PathBuf,
+        base: String,
+    },
+    ExternalDataFile {
+        path: PathBuf,
+        data_file: String,
+    },
+    PinMismatch {
+        pin: PathBuf,
+        path: PathBuf,
+        base: PathBuf,
+    },
+    RemoteOnly {
+        path: PathBuf,
+        uri: String,
+    },
+    /// The definition's `<backingStore>` names another file than the overlay's header.
+    BackingMismatch {
+        overlay: PathBuf,
+        xml_base: PathBuf,
+        header_base: PathBuf,
+    },
+    /// An image could not be read (the tool's or libvirt's message is kept as it is).
+    Unreadable {
+        path: PathBuf,
+        detail: String,
+    },
+    /// The libvirt engine could not be used for it.
+    NotThroughLibvirt {
+        detail: String,
+        libvirt: String,
+    },
+}
+
+/// What a commit or discard refuses (nothing was changed) or fails with (midway).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpError {
     NotFound {
         what: String,
     },
-    NotManaged {
-        what: String,
+    DiskNotManaged {
+        vm: String,
+        disk: String,
+        reason: Box<SkipReason>,
+    },
+    NoManagedDisk {
+        vm: String,
+        skipped: Vec<(String, SkipReason)>,
+    },
+    NoSuchDisk {
+        vm: String,
+        disk: String,
+    },
+    BaseChanged {
+        overlay: PathBuf,
+        now: PathBuf,
+        was: PathBuf,
     },
     DomainActive {
         domain: String,
@@ -37,74 +127,169 @@ pub enum EngineError {
         overlay: PathBuf,
         journal: PathBuf,
     },
+    /// libvirt holds a saved memory image that refers to the overlay's current contents.
+    SavedState {
+        vm: String,
+    },
+    /// libvirt snapshots of the domain (internal or external) name these images.
+    Snapshots {
+        vm: String,
+        names: Vec<String>,
+    },
+    /// Internal snapshots stored in an image, unknown to libvirt.
+    InternalSnapshots {
+        path: PathBuf,
+        names: Vec<String>,
+    },
+    /// libvirt checkpoints (incremental-backup bookmarks) of the domain.
+    Checkpoints {
+        vm: String,
+        names: Vec<String>,
+    },
+    /// Persistent dirty bitmaps stored in an image.
+    Bitmaps {
+        path: PathBuf,
+        names: Vec<String>,
+    },
+    /// The domain definition names another backing file than the overlay's header.
+    BackingMismatch {
+        vm: String,
+        overlay: PathBuf,
+        xml_base: PathBuf,
+        header_base: PathBuf,
+    },
+    /// An interrupted commit was not finished: the overlay was written since (the VM ran).
+    InterruptedAndWritten {
+        vm: String,
+        overlay: PathBuf,
+        base: PathBuf,
+    },
     /// Failed after it started writing. `data` says where the guest's data is now.
     Failed {
-        op: String,
+        op: super::OpKind,
         overlay: PathBuf,
         detail: String,
         data: String,
     },
 }
 
-impl std::fmt::Display for EngineError {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let p = |p: &PathBuf| p.display().to_string();
-        let text = match self {
-            Self::NotFound { what } | Self::NotManaged { what } => {
-                tr_f("{what}. Nothing was changed.", &[("what", what)])
+fn why_no_disk(skipped: &[(String, SkipReason)]) -> String {
+    if skipped.is_empty() {
+        return crate::i18n::tr("it has no disks");
+    }
+    skipped
+        .iter()
+        .map(|(t, r)| format!("{t}: {r}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn failed_sentence(
+    op: super::OpKind,
+    overlay: &std::path::Path,
+    detail: &str,
+    data: &str,
+) -> String {
+    let args = [
+        ("overlay", p(overlay)),
+        ("detail", detail.to_string()),
+        ("data", data.to_string()),
+    ];
+    let args: Vec<(&str, &str)> = args.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    match op {
+        super::OpKind::Commit => tr_f("The commit of {overlay} failed: {detail}. {data}", &args),
+        super::OpKind::Discard => tr_f("The discard of {overlay} failed: {detail}. {data}", &args),
+    }
+}
+
+impl OpError {
+    /// The process exit code for this class of error (a contract with scripts).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Failed { .. } => 1,
+            Self::NotFound { .. } | Self::NoSuchDisk { .. } => 3,
+            Self::DiskNotManaged { .. } | Self::NoManagedDisk { .. } | Self::BaseChanged { .. } => {
+                4
             }
-            Self::DomainActive { domain, state } => tr_f(
-                "{vm} is {state}: its overlay and base are in use, so nothing was changed. Shut it down first.",
-                &[("vm", domain), ("state", state)],
-            ),
-            Self::Locked { path } => tr_f(
-                "{path} is open in another process (it holds QEMU's image lock: a running guest, qemu-img, qemu-io or qemu-nbd). Nothing was changed.",
-                &[("path", &p(path))],
-            ),
-            Self::SharedBase { base, users } => tr_f(
-                "the base {base} is also the backing file of {users}; committing into it would corrupt them. Nothing was changed.",
-                &[("base", &p(base)), ("users", &users.join(", "))],
-            ),
-            Self::NoSpace { base, need, free } => tr_f(
-                "not enough free space to commit into {base}: {need} bytes needed, {free} free. Nothing was changed.",
-                &[("base", &p(base)), ("need", &need.to_string()), ("free", &free.to_string())],
-            ),
-            Self::NotWritable { what, reason } => tr_f(
-                "{what} is not writable ({reason}). Nothing was changed.",
-                &[("what", what), ("reason", reason)],
-            ),
-            Self::Busy { overlay, journal } => tr_f(
-                "another operation on {overlay} is in progress or was interrupted (journal {journal}). Nothing was changed.",
-                &[("overlay", &p(overlay)), ("journal", &p(journal))],
-            ),
-            Self::Failed {
-                op,
-                overlay,
-                detail,
-                data,
-            } => tr_f(
-                "{operation} of {overlay} failed: {detail}. {data}",
-                &[("operation", op), ("overlay", &p(overlay)), ("detail", detail), ("data", data)],
-            ),
+            Self::DomainActive { .. } => 5,
+            Self::Locked { .. } | Self::Busy { .. } | Self::InterruptedAndWritten { .. } => 6,
+            Self::SharedBase { .. } => 7,
+            Self::NoSpace { .. } => 8,
+            Self::NotWritable { .. } => 9,
+            Self::SavedState { .. } => 11,
+            Self::Snapshots { .. } | Self::InternalSnapshots { .. } => 12,
+            Self::Checkpoints { .. } | Self::Bitmaps { .. } => 13,
+            Self::BackingMismatch { .. } => 14,
+        }
+    }
+
+    /// The state that blocks the VM, named for `status --json` (`"blocked"`), or `None` for
+    /// errors that are not a state of the VM.
+    pub fn blocking_kind(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::SavedState { .. } => "managed-save",
+            Self::Snapshots { .. } => "snapshots",
+            Self::InternalSnapshots { .. } => "internal-snapshots",
+            Self::Checkpoints { .. } => "checkpoints",
+            Self::Bitmaps { .. } => "bitmaps",
+            Self::BackingMismatch { .. } => "backing-mismatch",
+            Self::Busy { .. } | Self::InterruptedAndWritten { .. } => "pending-operation",
+            Self::NoManagedDisk { .. } | Self::DiskNotManaged { .. } => "not-managed",
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let text = match self {
+            Self::Drive { device } => tr_f("{device} drive", &[("device", device)]),
+            Self::NetworkDisk => crate::i18n::tr("network disk"),
+            Self::BlockDevice => crate::i18n::tr("block device"),
+            Self::PoolVolume => crate::i18n::tr("storage-pool volume"),
+            Self::NotAFile => crate::i18n::tr("not a file"),
+            Self::NoImage => crate::i18n::tr("no image"),
+            Self::DefinedNotQcow2 { format } => tr_f("{format} image: only qcow2 overlays are managed", &[("format", format)]),
+            Self::Missing { path, detail } => tr_f("overlay {path} is missing: {detail}", &[("path", &p(path)), ("detail", detail)]),
+            Self::Symlink { path } => tr_f("overlay {path} is a symlink; name the real file so it can be replaced safely", &[("path", &p(path))]),
+            Self::NotRegularFile { path } => tr_f("{path} is not a regular file", &[("path", &p(path))]),
+            Self::NotQcow2 { path, format } => tr_f("{path} is a {format} image, not a qcow2 overlay", &[("path", &p(path)), ("format", format)]),
+            Self::NoBackingFile { path } => tr_f("{path} has no backing file: it is not an overlay", &[("path", &p(path))]),
+            Self::BaseMissing { path, base } => tr_f("the base {base} of {path} is missing", &[("base", base), ("path", &p(path))]),
+            Self::ExternalDataFile { path, data_file } => tr_f("{path} keeps its data in the external file {data_file}; such images are not managed", &[("path", &p(path)), ("data_file", data_file)]),
+            Self::PinMismatch { pin, path, base } => tr_f("pinned base {pin} is not the backing file of {path} (which is {base})", &[("pin", &p(pin)), ("path", &p(path)), ("base", &p(base))]),
+            Self::RemoteOnly { path, uri } => tr_f("{path} is on the host of {uri}: only the libvirt engine can reach it", &[("path", &p(path)), ("uri", uri)]),
+            Self::BackingMismatch { overlay, xml_base, header_base } => tr_f("the definition says the backing file of {overlay} is {xml_base}, but the image itself says {header_base}", &[("overlay", &p(overlay)), ("xml_base", &p(xml_base)), ("header_base", &p(header_base))]),
+            Self::Unreadable { path, detail } => tr_f("cannot read {path}: {detail}", &[("path", &p(path)), ("detail", detail)]),
+            Self::NotThroughLibvirt { detail, libvirt } => tr_f("{detail}; through libvirt: {libvirt}", &[("detail", detail), ("libvirt", libvirt)]),
         };
         f.write_str(&text)
     }
 }
 
-impl std::error::Error for EngineError {}
-
-impl EngineError {
-    /// The process exit code for this class of error (a contract with scripts).
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            Self::Failed { .. } => 1,
-            Self::NotFound { .. } => 3,
-            Self::NotManaged { .. } => 4,
-            Self::DomainActive { .. } => 5,
-            Self::Locked { .. } | Self::Busy { .. } => 6,
-            Self::SharedBase { .. } => 7,
-            Self::NoSpace { .. } => 8,
-            Self::NotWritable { .. } => 9,
-        }
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        let text = match self {
+            Self::NotFound { what } => tr_f("{what}. Nothing was changed.", &[("what", what)]),
+            Self::DiskNotManaged { vm, disk, reason } => tr_f("disk {disk} of {vm} is not managed: {reason}. Nothing was changed.", &[("disk", disk), ("vm", vm), ("reason", &reason.to_string())]),
+            Self::NoManagedDisk { vm, skipped } => tr_f("{vm} has no managed disk ({why}). Nothing was changed.", &[("vm", vm), ("why", &why_no_disk(skipped))]),
+            Self::NoSuchDisk { vm, disk } => tr_f("{vm} has no disk {disk}. Nothing was changed.", &[("vm", vm), ("disk", disk)]),
+            Self::BaseChanged { overlay, now, was } => tr_f("the backing file of {overlay} is now {now}, not {was}. Nothing was changed.", &[("overlay", &p(overlay)), ("now", &p(now)), ("was", &p(was))]),
+            Self::DomainActive { domain, state } => tr_f("{vm} is {state}: its overlay and base are in use, so nothing was changed. Shut it down first.", &[("vm", domain), ("state", state)]),
+            Self::Locked { path } => tr_f("{path} is open in another process (it holds QEMU's image lock: a running guest, qemu-img, qemu-io or qemu-nbd). Nothing was changed.", &[("path", &p(path))]),
+            Self::SharedBase { base, users } => tr_f("the base {base} is also the backing file of {users}; committing into it would corrupt them. Nothing was changed.", &[("base", &p(base)), ("users", &users.join(", "))]),
+            Self::NoSpace { base, need, free } => tr_f("not enough free space to commit into {base}: {need} bytes needed, {free} free. Nothing was changed.", &[("base", &p(base)), ("need", &need.to_string()), ("free", &free.to_string())]),
+            Self::NotWritable { what, reason } => tr_f("{what} is not writable ({reason}). Nothing was changed.", &[("what", what), ("reason", reason)]),
+            Self::Busy { overlay, journal } => tr_f("another operation on {overlay} is in progress or was interrupted (journal {journal}). Nothing was changed.", &[("overlay", &p(overlay)), ("journal", &p(journal))]),
+            Self::SavedState { vm } => tr_f("{vm} has a saved state (its memory, saved by `virsh managedsave`, virt-manager or libvirt-guests) that needs its disk exactly as it is. Nothing was changed. Start {vm} and shut it down, or remove the saved state with `virsh managedsave-remove {vm}`.", &[("vm", vm)]),
+            Self::Snapshots { vm, names } => tr_f("{vm} has libvirt snapshots ({names}) that need its images exactly as they are. Nothing was changed. Delete them with `virsh snapshot-delete {vm} NAME` if they are no longer needed.", &[("vm", vm), ("names", &names.join(", "))]),
+            Self::InternalSnapshots { path, names } => tr_f("{path} holds internal snapshots ({names}); discarding or rebuilding it would delete them. Nothing was changed. Remove them with `qemu-img snapshot -d NAME {path}` if they are no longer needed.", &[("path", &p(path)), ("names", &names.join(", "))]),
+            Self::Checkpoints { vm, names } => tr_f("{vm} has libvirt checkpoints ({names}) whose dirty bitmaps live in its overlay; an incremental backup would break. Nothing was changed. Delete them with `virsh checkpoint-delete {vm} NAME` if they are no longer needed.", &[("vm", vm), ("names", &names.join(", "))]),
+            Self::Bitmaps { path, names } => tr_f("{path} holds persistent dirty bitmaps ({names}) that a backup tool relies on; they would be lost. Nothing was changed. Remove them with `qemu-img bitmap --remove {path} NAME` if they are no longer needed.", &[("path", &p(path)), ("names", &names.join(", "))]),
+            Self::BackingMismatch { vm, overlay, xml_base, header_base } => tr_f("the definition of {vm} says the backing file of {overlay} is {xml_base}, but the image itself says {header_base}; QEMU would use the definition's. Nothing was changed. Make them agree (`virsh edit {vm}` or `qemu-img rebase -u`).", &[("vm", vm), ("overlay", &p(overlay)), ("xml_base", &p(xml_base)), ("header_base", &p(header_base))]),
+            Self::InterruptedAndWritten { vm, overlay, base } => tr_f("an interrupted commit of {overlay} was not finished, because the overlay was written since ({vm} ran). The guest's data is intact: {overlay} holds all of it, and {base} holds part of the earlier session. Commit again to finish (`vmoverlay commit {vm}`); a discard is refused until then, because the base alone is not consistent.", &[("vm", vm), ("overlay", &p(overlay)), ("base", &p(base))]),
+            Self::Failed { op, overlay, detail, data } => failed_sentence(*op, overlay, detail, data),
+        };
+        f.write_str(&text)
     }
 }

@@ -1,5 +1,6 @@
-//! Facts about image files: qemu-img's view (`info`, `map`), QEMU's image locks, free space.
-//! Paths are passed to qemu-img as arguments, never through a shell.
+//! Reading image files: qemu-img's view (`info`, `map`), QEMU's image locks, free space, and
+//! a qcow2 header's backing reference. Nothing here writes. Paths are passed to qemu-img as
+//! arguments, never through a shell.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 
-use super::error::EngineError;
+use super::error::{OpError, SkipReason};
 
 /// One layer of `qemu-img info --backing-chain --output=json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -25,6 +26,60 @@ pub struct Layer {
     pub full_backing_filename: Option<String>,
     #[serde(rename = "backing-filename-format")]
     pub backing_format: Option<String>,
+    /// Internal snapshots stored in the image.
+    #[serde(default)]
+    pub snapshots: Vec<InternalSnapshot>,
+    #[serde(rename = "format-specific")]
+    pub format_specific: Option<FormatSpecific>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct InternalSnapshot {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct FormatSpecific {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub data: Qcow2Specific,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Qcow2Specific {
+    #[serde(default)]
+    pub bitmaps: Vec<Bitmap>,
+    #[serde(rename = "data-file")]
+    pub data_file: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Bitmap {
+    pub name: String,
+}
+
+impl Layer {
+    /// Names of the persistent dirty bitmaps stored in this image.
+    pub fn bitmap_names(&self) -> Vec<String> {
+        self.format_specific
+            .iter()
+            .filter(|f| f.kind == "qcow2")
+            .flat_map(|f| f.data.bitmaps.iter().map(|b| b.name.clone()))
+            .collect()
+    }
+
+    /// The external data file of a qcow2 image, if it has one.
+    pub fn data_file(&self) -> Option<String> {
+        self.format_specific
+            .as_ref()
+            .filter(|f| f.kind == "qcow2")
+            .and_then(|f| f.data.data_file.clone())
+    }
+
+    pub fn snapshot_names(&self) -> Vec<String> {
+        self.snapshots.iter().map(|s| s.name.clone()).collect()
+    }
 }
 
 pub fn qemu_img() -> Command {
@@ -34,23 +89,31 @@ pub fn qemu_img() -> Command {
     c
 }
 
-fn tool_error(what: &str, out: &std::process::Output) -> String {
+/// The image at `path` could not be read; `detail` is the tool's own message.
+fn unreadable(path: &Path, detail: impl std::fmt::Display) -> SkipReason {
+    SkipReason::Unreadable {
+        path: path.to_path_buf(),
+        detail: detail.to_string(),
+    }
+}
+
+fn tool_message(out: &std::process::Output) -> String {
     let msg = String::from_utf8_lossy(&out.stderr);
-    let msg = msg.trim().trim_start_matches("qemu-img: ");
-    format!("{what}: {msg}")
+    msg.trim().trim_start_matches("qemu-img: ").to_string()
 }
 
 /// The backing chain of `path`, top first, read without taking locks (`-U`).
-pub fn backing_chain(path: &Path) -> Result<Vec<Layer>, String> {
+pub fn backing_chain(path: &Path) -> Result<Vec<Layer>, SkipReason> {
     let out = qemu_img()
         .args(["info", "--backing-chain", "--output=json", "-U"])
         .arg(path)
         .output()
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+        .map_err(|e| unreadable(path, format!("cannot run qemu-img: {e}")))?;
     if !out.status.success() {
-        return Err(tool_error(&format!("cannot read {}", path.display()), &out));
+        return Err(unreadable(path, tool_message(&out)));
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| format!("qemu-img info output: {e}"))
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| unreadable(path, format!("qemu-img info output: {e}")))
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,20 +125,17 @@ struct MapEntry {
 
 /// Bytes the overlay itself holds (written or zeroed by the guest): what a commit would
 /// move into the base, and what a discard would throw away.
-pub fn changed_bytes(overlay: &Path) -> Result<u64, String> {
+pub fn changed_bytes(overlay: &Path) -> Result<u64, SkipReason> {
     let out = qemu_img()
         .args(["map", "--output=json", "-U", "-f", "qcow2"])
         .arg(overlay)
         .output()
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+        .map_err(|e| unreadable(overlay, format!("cannot run qemu-img: {e}")))?;
     if !out.status.success() {
-        return Err(tool_error(
-            &format!("cannot map {}", overlay.display()),
-            &out,
-        ));
+        return Err(unreadable(overlay, tool_message(&out)));
     }
-    let entries: Vec<MapEntry> =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("qemu-img map output: {e}"))?;
+    let entries: Vec<MapEntry> = serde_json::from_slice(&out.stdout)
+        .map_err(|e| unreadable(overlay, format!("qemu-img map output: {e}")))?;
     Ok(entries
         .iter()
         .filter(|e| e.depth == 0 && e.present)
@@ -123,8 +183,8 @@ pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// The same file? (canonical paths, so symlinks and `..` do not hide a match)
-/// The same file, or (for images this process cannot see) the same path.
+/// The same file, or (for images this process cannot see) the same path. Canonical paths,
+/// so symlinks and `..` do not hide a match.
 pub fn same_path(a: &Path, b: &Path) -> bool {
     a == b || same_file(a, b)
 }
@@ -181,17 +241,17 @@ pub fn other_overlays_of(dir: &Path, base: &Path, except: &Path) -> Vec<PathBuf>
         .collect()
 }
 
-/// `EngineError::Locked` if either image is open elsewhere.
-pub fn ensure_unlocked(paths: &[&Path]) -> Result<(), EngineError> {
+/// `OpError::Locked` if either image is open elsewhere.
+pub fn ensure_unlocked(paths: &[&Path]) -> Result<(), OpError> {
     for p in paths {
         match is_locked(p) {
             Ok(false) => {}
             Ok(true) => {
-                return Err(EngineError::Locked {
+                return Err(OpError::Locked {
                     path: p.to_path_buf(),
                 })
             }
-            Err(e) => return Err(EngineError::NotFound { what: e }),
+            Err(e) => return Err(OpError::NotFound { what: e }),
         }
     }
     Ok(())

@@ -9,62 +9,16 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::chain::ManagedDisk;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OpKind {
-    Commit,
-    Discard,
-}
-
-impl OpKind {
-    pub fn word(&self) -> &'static str {
-        match self {
-            Self::Commit => "commit",
-            Self::Discard => "discard",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Phase {
-    /// `qemu-img commit` may have copied part of the overlay into the base. Running it again
-    /// is safe: the overlay still holds every cluster.
-    Committing,
-    /// The base is complete (or untouched, for discard); the overlay is being replaced.
-    Rebuilding,
-}
-
-/// Size and modification time of the overlay when the rebuild phase began: a rebuild is only
-/// resumed on the same, untouched overlay, never on one a guest wrote to since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Stamp {
-    pub len: u64,
-    pub mtime_ns: i128,
-}
-
-impl Stamp {
-    pub fn of(path: &Path) -> std::io::Result<Stamp> {
-        let m = fs::metadata(path)?;
-        let mtime = m.modified()?;
-        let ns = match mtime.duration_since(SystemTime::UNIX_EPOCH) {
-            Ok(d) => d.as_nanos() as i128,
-            Err(e) => -(e.duration().as_nanos() as i128),
-        };
-        Ok(Stamp {
-            len: m.len(),
-            mtime_ns: ns,
-        })
-    }
-}
+use super::types::{ManagedDisk, OpKind, Phase, Stamp};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub op: OpKind,
     pub uri: String,
     pub domain: String,
+    /// The domain's UUID: a record follows its domain through a rename.
+    #[serde(default)]
+    pub uuid: Option<String>,
     pub disk: ManagedDisk,
     pub phase: Phase,
     pub overlay_stamp: Option<Stamp>,
@@ -114,7 +68,9 @@ impl Journal {
         self.dir.join(format!("{h:016x}.json"))
     }
 
-    /// Creates the record; fails with `AlreadyExists` if one exists for this overlay.
+    /// Creates the record; fails with `AlreadyExists` if one exists for this overlay. A
+    /// record that cannot be written whole (a full disk) is removed again, so a failed begin
+    /// never leaves an empty record that would block the overlay.
     pub fn begin(&self, rec: &Record) -> std::io::Result<PathBuf> {
         fs::create_dir_all(&self.dir)?;
         let path = self.path_for(&rec.disk.overlay);
@@ -122,9 +78,17 @@ impl Journal {
             .write(true)
             .create_new(true)
             .open(&path)?;
-        f.write_all(&serde_json::to_vec_pretty(rec)?)?;
-        f.sync_all()?;
-        sync_dir(&self.dir)?;
+        let written = serde_json::to_vec_pretty(rec)
+            .map_err(std::io::Error::from)
+            .and_then(|data| f.write_all(&data))
+            .and_then(|_| f.sync_all())
+            .and_then(|_| sync_dir(&self.dir));
+        if let Err(e) = written {
+            drop(f);
+            let _ = fs::remove_file(&path);
+            let _ = sync_dir(&self.dir);
+            return Err(e);
+        }
         Ok(path)
     }
 
@@ -210,6 +174,7 @@ mod tests {
             op: OpKind::Commit,
             uri: "qemu:///system".into(),
             domain: "vm".into(),
+            uuid: None,
             disk: ManagedDisk {
                 target: "vda".into(),
                 overlay: overlay.into(),

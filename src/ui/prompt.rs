@@ -1,12 +1,13 @@
-//! The question asked the moment a VM shuts down: Commit, Discard or Later.
-
-use std::rc::Rc;
+//! The question asked the moment a VM shuts down: Commit, Discard or Later. Its answers are
+//! the application's actions (`app.commit`, `app.discard`, `app.later`, and
+//! `app.set-policy` when "Remember" is ticked), as the tray's and the status window's are.
 
 use adw::prelude::*;
+use gtk::glib;
 
-use super::{test_hook, Controller};
-use crate::machine::{Choice, Decision, VmKey};
+use crate::hook;
 use crate::i18n::{tr, tr_f};
+use crate::machine::{Decision, Policy, VmKey};
 use crate::units::human_bytes;
 
 pub fn heading(key: &VmKey, decision: &Decision) -> String {
@@ -30,14 +31,32 @@ pub fn body(decision: &Decision) -> String {
     }
 }
 
-pub fn show(ctl: &Rc<Controller>, key: &VmKey, decision: &Decision) -> adw::MessageDialog {
+/// An open prompt. Closed by the user, it answers; closed from code (the VM started again,
+/// a choice came from the tray), it answers nothing.
+pub struct Prompt {
+    dialog: adw::MessageDialog,
+    response: Option<glib::SignalHandlerId>,
+}
+
+impl Prompt {
+    /// Closes the dialog without answering: its response handler is disconnected first, so
+    /// its close response ("later") is never sent.
+    pub fn close_quietly(mut self) {
+        if let Some(id) = self.response.take() {
+            self.dialog.disconnect(id);
+        }
+        self.dialog.close();
+    }
+}
+
+pub fn show(app: &adw::Application, key: &VmKey, decision: &Decision) -> Prompt {
     let heading = heading(key, decision);
     let dialog = adw::MessageDialog::builder()
         .heading(&heading)
         .body(body(decision))
         .title(&heading)
         .modal(false)
-        .application(ctl.app())
+        .application(app)
         .build();
     // No transient parent: this is a windowless app, and a dialog made transient for a hidden
     // window is kept off screen by window managers (seen with openbox). libadwaita only logs
@@ -60,25 +79,33 @@ pub fn show(ctl: &Rc<Controller>, key: &VmKey, decision: &Decision) -> adw::Mess
     let remember = gtk::CheckButton::with_label(&tr("Remember for this VM"));
     dialog.set_extra_child(Some(&remember));
 
-    let (c, k) = (Rc::downgrade(ctl), key.clone());
-    dialog.connect_response(None, move |_, response| {
-        let choice = match response {
-            "commit" => Choice::Commit,
-            "discard" => Choice::Discard,
-            _ => Choice::Later,
+    let (app_weak, k) = (app.downgrade(), key.clone());
+    let response = dialog.connect_response(None, move |_, response| {
+        hook::emit("prompt-response", &k, serde_json::json!(response));
+        let Some(app) = app_weak.upgrade() else {
+            return;
         };
-        test_hook("prompt-response", &k, serde_json::json!(response));
-        if let Some(c) = c.upgrade() {
-            c.choose(k.clone(), choice, remember.is_active());
+        let (action, policy) = match response {
+            "commit" => ("commit", Policy::AlwaysCommit),
+            "discard" => ("discard", Policy::AlwaysDiscard),
+            _ => ("later", Policy::Ask),
+        };
+        if remember.is_active() && action != "later" {
+            let target = (k.uri.as_str(), k.name.as_str(), policy.word()).to_variant();
+            app.activate_action("set-policy", Some(&target));
         }
+        app.activate_action(action, Some(&k.target()));
     });
     let (k, forced) = (key.clone(), decision.forced.clone());
     dialog.connect_map(move |d| {
         // Nothing focused: Enter answers with the default response instead of toggling
         // "Remember" (which Tab still reaches).
         GtkWindowExt::set_focus(d, None::<&gtk::Widget>);
-        test_hook("prompt-mapped", &k, serde_json::json!({"forced": forced}));
+        hook::emit("prompt-mapped", &k, serde_json::json!({"forced": forced}));
     });
     dialog.present();
-    dialog
+    Prompt {
+        dialog,
+        response: Some(response),
+    }
 }

@@ -1,14 +1,11 @@
 //! The status window: every VM, its state, its changes, its pending decision and last result,
 //! with the same Commit / Discard actions as the tray.
 
-use std::rc::Rc;
-
 use adw::prelude::*;
 
-use super::Controller;
-use crate::machine::Vm;
-use crate::machine::{Choice, VmKey};
 use crate::i18n::{tr, tr_f};
+use crate::machine::Vm;
+use crate::machine::VmKey;
 use crate::units::human_bytes;
 
 /// What the status window and the tray show for one VM.
@@ -20,6 +17,8 @@ pub struct Row {
     pub can_act: bool,
     /// The last operation's result (status window only; the tray keeps labels short).
     pub last: Option<String>,
+    /// Why Commit and Discard are not offered.
+    pub blocked: Option<String>,
 }
 
 impl Row {
@@ -60,8 +59,10 @@ impl Row {
             key: key.clone(),
             subtitle: parts.join(", "),
             progress: vm.job.as_ref().map(|j| j.progress),
-            last: vm.last_result.clone(),
-            can_act: !vm.active
+            last: vm.last_result.as_ref().map(|n| n.summary()),
+            blocked: vm.blocked.clone(),
+            can_act: vm.blocked.is_none()
+                && !vm.active
                 && vm.job.is_none()
                 && vm.engine_run.is_none()
                 && vm.changed.is_some_and(|n| n > 0)
@@ -70,15 +71,19 @@ impl Row {
     }
 }
 
+#[derive(Clone)]
 pub struct StatusWindow {
     pub window: adw::ApplicationWindow,
     list: gtk::ListBox,
-    ctl: std::rc::Weak<Controller>,
-    last: std::cell::RefCell<Vec<Row>>,
+    last: std::rc::Rc<std::cell::RefCell<Vec<Row>>>,
 }
 
 impl StatusWindow {
-    pub fn new(ctl: &Rc<Controller>) -> StatusWindow {
+    pub fn present(&self) {
+        self.window.present();
+    }
+
+    pub fn new(app: &adw::Application) -> StatusWindow {
         let list = gtk::ListBox::builder()
             .selection_mode(gtk::SelectionMode::None)
             .css_classes(["boxed-list"])
@@ -100,7 +105,7 @@ impl StatusWindow {
                 .build(),
         );
         let window = adw::ApplicationWindow::builder()
-            .application(ctl.app())
+            .application(app)
             .title("VM Overlay")
             .default_width(640)
             .default_height(420)
@@ -110,7 +115,6 @@ impl StatusWindow {
         StatusWindow {
             window,
             list,
-            ctl: Rc::downgrade(ctl),
             last: Default::default(),
         }
     }
@@ -152,22 +156,21 @@ impl StatusWindow {
                     .build();
                 row.add_suffix(&bar);
             }
-            for (label, choice, class) in [
-                (tr("Discard"), Choice::Discard, "destructive-action"),
-                (tr("Commit"), Choice::Commit, "suggested-action"),
+            for (label, action, class) in [
+                (tr("Discard"), "app.discard", "destructive-action"),
+                (tr("Commit"), "app.commit", "suggested-action"),
             ] {
                 let b = gtk::Button::builder()
                     .label(&label)
                     .valign(gtk::Align::Center)
-                    .sensitive(r.can_act)
                     .css_classes([class])
                     .build();
-                let (c, k) = (self.ctl.clone(), r.key.clone());
-                b.connect_clicked(move |_| {
-                    if let Some(c) = c.upgrade() {
-                        c.choose(k.clone(), choice, false);
-                    }
-                });
+                if r.can_act {
+                    b.set_action_name(Some(action));
+                    b.set_action_target_value(Some(&r.key.target()));
+                } else {
+                    b.set_sensitive(false);
+                }
                 row.add_suffix(&b);
             }
             self.list.append(&row);

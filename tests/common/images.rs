@@ -6,7 +6,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vmoverlay::overlay::{DomainCheck, EngineError};
+use vmoverlay::overlay::{DomainCheck, OpError};
 
 pub use super::guest::qemu_img;
 
@@ -14,10 +14,10 @@ pub use super::guest::qemu_img;
 pub struct NoDomain;
 
 impl DomainCheck for NoDomain {
-    fn ensure_inactive(&self) -> Result<(), EngineError> {
+    fn ensure_inactive(&self) -> Result<(), OpError> {
         Ok(())
     }
-    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, EngineError> {
+    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, OpError> {
         Ok(Vec::new())
     }
 }

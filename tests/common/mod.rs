@@ -8,6 +8,7 @@
 pub mod desktop;
 pub mod guest;
 pub mod images;
+pub mod vm_state;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

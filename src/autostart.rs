@@ -19,8 +19,16 @@ pub fn enabled() -> bool {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum AutostartError {
+    #[error(transparent)]
+    Settings(#[from] settings::SettingsError),
+    #[error("the Background portal: {0}")]
+    Portal(#[from] ashpd::Error),
+}
+
 /// Turns start at login on or off; returns the state it is in afterwards.
-pub async fn set(enable: bool, uris: &[String]) -> Result<bool, String> {
+pub async fn set(enable: bool, uris: &[String]) -> Result<bool, AutostartError> {
     if !in_flatpak() {
         settings::set_autostart(enable, uris)?;
         return Ok(settings::autostart_enabled());
@@ -32,8 +40,7 @@ pub async fn set(enable: bool, uris: &[String]) -> Result<bool, String> {
         .dbus_activatable(false)
         .send()
         .await
-        .and_then(|request| request.response())
-        .map_err(|e| format!("the Background portal: {e}"))?;
+        .and_then(|request| request.response())?;
     let granted = response.auto_start();
     settings::remember_portal_autostart(granted)?;
     Ok(granted)

@@ -1,12 +1,13 @@
 //! Discovery of managed disks: file-backed qcow2 disks whose image has a backing file.
-//! The overlay is the top image; the base is the image directly below it.
+//! The overlay is the top image; the base is the image directly below it. When the domain's
+//! definition names the backing file itself (`<backingStore>`), QEMU uses that one: it must
+//! agree with the image's header, or the disk is refused.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::Serialize;
-
-use super::backend::EngineKind;
+use super::error::SkipReason;
 use super::image;
+use super::types::{DomainDisks, Engine, ManagedDisk, Pin, SkippedDisk};
 
 /// A `<disk>` of a domain definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,8 +19,11 @@ pub struct DiskXml {
     pub device: String,
     pub driver_type: Option<String>,
     pub source: Option<String>,
-    /// The first `<backingStore>` below the source, if the XML has a chain (live XML).
+    /// The first `<backingStore>` below the source, if the XML has a chain (live XML, or a
+    /// persistent definition where the user wrote one).
     pub xml_backing: Option<String>,
+    /// `<source pool= volume=>` of a `type='volume'` disk.
+    pub pool_volume: Option<(String, String)>,
 }
 
 /// Parses the `<disk>` elements of a domain XML.
@@ -52,6 +56,12 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DiskXml>, String> {
             driver_type: child("driver")
                 .and_then(|d| d.attribute("type"))
                 .map(str::to_string),
+            pool_volume: child("source").and_then(|s| {
+                Some((
+                    s.attribute("pool")?.to_string(),
+                    s.attribute("volume")?.to_string(),
+                ))
+            }),
             source,
             xml_backing,
         });
@@ -59,76 +69,41 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DiskXml>, String> {
     Ok(out)
 }
 
-/// A disk whose overlay VM Overlay manages.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct ManagedDisk {
-    pub target: String,
-    pub overlay: PathBuf,
-    pub base: PathBuf,
-    /// The overlay's backing reference exactly as stored (kept relative when it is).
-    pub backing_ref: String,
-    pub base_format: String,
-    pub virtual_size: u64,
-    pub cluster_size: Option<u64>,
-    /// Who works on this disk (records written before there was a choice say nothing).
-    #[serde(default)]
-    pub engine: EngineKind,
-}
-
-/// A disk that is listed but not managed, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SkippedDisk {
-    pub target: String,
-    pub source: Option<String>,
-    pub reason: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DomainDisks {
-    pub managed: Vec<ManagedDisk>,
-    pub skipped: Vec<SkippedDisk>,
-}
-
-/// An overlay/base pair fixed by the user (old command line, or the per-VM setting) instead
-/// of discovered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Pin {
-    pub overlay: PathBuf,
-    pub base: PathBuf,
-}
-
 /// Inspects one image as an overlay: `Ok` if it is a qcow2 with a readable backing file.
-pub fn inspect_overlay(target: &str, overlay: &Path) -> Result<ManagedDisk, String> {
-    let meta = std::fs::symlink_metadata(overlay)
-        .map_err(|e| format!("overlay {} is missing: {e}", overlay.display()))?;
+pub fn inspect_overlay(target: &str, overlay: &Path) -> Result<ManagedDisk, SkipReason> {
+    let path = overlay.to_path_buf();
+    let meta = std::fs::symlink_metadata(overlay).map_err(|e| SkipReason::Missing {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
     if meta.file_type().is_symlink() {
-        return Err(format!(
-            "overlay {} is a symlink; name the real file so it can be replaced safely",
-            overlay.display()
-        ));
+        return Err(SkipReason::Symlink { path });
     }
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file", overlay.display()));
+        return Err(SkipReason::NotRegularFile { path });
     }
     let chain = image::backing_chain(overlay)?;
-    let top = chain.first().ok_or("qemu-img returned an empty chain")?;
+    let top = chain.first().ok_or_else(|| SkipReason::Unreadable {
+        path: path.clone(),
+        detail: "qemu-img returned an empty chain".into(),
+    })?;
     if top.format != "qcow2" {
-        return Err(format!(
-            "{} is a {} image, not a qcow2 overlay",
-            overlay.display(),
-            top.format
-        ));
+        return Err(SkipReason::NotQcow2 {
+            path,
+            format: top.format.clone(),
+        });
+    }
+    if let Some(data_file) = top.data_file() {
+        return Err(SkipReason::ExternalDataFile { path, data_file });
     }
     let (Some(backing_ref), Some(full)) = (&top.backing_filename, &top.full_backing_filename)
     else {
-        return Err(format!(
-            "{} has no backing file: it is not an overlay",
-            overlay.display()
-        ));
+        return Err(SkipReason::NoBackingFile { path });
     };
-    let base = chain
-        .get(1)
-        .ok_or_else(|| format!("the base {full} of {} is missing", overlay.display()))?;
+    let base = chain.get(1).ok_or_else(|| SkipReason::BaseMissing {
+        path: path.clone(),
+        base: full.clone(),
+    })?;
     Ok(ManagedDisk {
         target: target.to_string(),
         overlay: image::absolute(overlay),
@@ -140,7 +115,7 @@ pub fn inspect_overlay(target: &str, overlay: &Path) -> Result<ManagedDisk, Stri
             .unwrap_or_else(|| base.format.clone()),
         virtual_size: top.virtual_size,
         cluster_size: top.cluster_size,
-        engine: EngineKind::QemuImg,
+        engine: Engine::QemuImg,
     })
 }
 
@@ -154,36 +129,38 @@ pub fn discover(xml: &str, pins: &[Pin]) -> Result<DomainDisks, String> {
 pub fn discover_with(
     xml: &str,
     pins: &[Pin],
-    inspect: &dyn Fn(&str, &Path) -> Result<ManagedDisk, String>,
+    inspect: &dyn Fn(&str, &Path) -> Result<ManagedDisk, SkipReason>,
 ) -> Result<DomainDisks, String> {
     let mut out = DomainDisks::default();
     for d in parse_disks(xml)? {
-        let skip = |reason: String| SkippedDisk {
+        let skip = |reason: SkipReason| SkippedDisk {
             target: d.target.clone(),
             source: d.source.clone(),
             reason,
         };
         if d.device == "cdrom" || d.device == "floppy" {
-            out.skipped.push(skip(format!("{} drive", d.device)));
+            out.skipped.push(skip(SkipReason::Drive {
+                device: d.device.clone(),
+            }));
             continue;
         }
         if d.kind != "file" {
-            let what = match d.kind.as_str() {
-                "network" => "network disk",
-                "block" => "block device",
-                "volume" => "storage-pool volume",
-                _ => "not a file",
-            };
-            out.skipped.push(skip(what.to_string()));
+            out.skipped.push(skip(match d.kind.as_str() {
+                "network" => SkipReason::NetworkDisk,
+                "block" => SkipReason::BlockDevice,
+                "volume" => SkipReason::PoolVolume,
+                _ => SkipReason::NotAFile,
+            }));
             continue;
         }
         let Some(source) = &d.source else {
-            out.skipped.push(skip("no image".into()));
+            out.skipped.push(skip(SkipReason::NoImage));
             continue;
         };
         if let Some(t) = d.driver_type.as_deref().filter(|t| *t != "qcow2") {
-            out.skipped
-                .push(skip(format!("{t} image: only qcow2 overlays are managed")));
+            out.skipped.push(skip(SkipReason::DefinedNotQcow2 {
+                format: t.to_string(),
+            }));
             continue;
         }
         match inspect(&d.target, Path::new(source)) {
@@ -193,15 +170,25 @@ pub fn discover_with(
                     .find(|p| image::same_path(&p.overlay, &disk.overlay))
                 {
                     if !image::same_path(&pin.base, &disk.base) {
-                        out.skipped.push(skip(format!(
-                            "pinned base {} is not the backing file of {} (which is {})",
-                            pin.base.display(),
-                            disk.overlay.display(),
-                            disk.base.display()
-                        )));
+                        out.skipped.push(skip(SkipReason::PinMismatch {
+                            pin: pin.base.clone(),
+                            path: disk.overlay.clone(),
+                            base: disk.base.clone(),
+                        }));
                         continue;
                     }
                     disk.base = image::absolute(&pin.base);
+                }
+                // The definition's chain is what QEMU opens: it must name the same base.
+                if let Some(xml_base) = d.xml_backing.as_deref().map(Path::new) {
+                    if !image::same_path(xml_base, &disk.base) {
+                        out.skipped.push(skip(SkipReason::BackingMismatch {
+                            overlay: disk.overlay.clone(),
+                            xml_base: xml_base.to_path_buf(),
+                            header_base: disk.base.clone(),
+                        }));
+                        continue;
+                    }
                 }
                 out.managed.push(disk)
             }
@@ -254,14 +241,17 @@ mod tests {
         let reasons: Vec<_> = found
             .skipped
             .iter()
-            .map(|s| (s.target.as_str(), s.reason.as_str()))
+            .map(|s| (s.target.as_str(), s.reason.to_string()))
             .collect();
-        assert_eq!(reasons[1], ("sda", "cdrom drive"));
-        assert_eq!(reasons[2], ("vdb", "network disk"));
-        assert_eq!(reasons[3], ("vdc", "block device"));
+        assert_eq!(reasons[1], ("sda", "cdrom drive".to_string()));
+        assert_eq!(reasons[2], ("vdb", "network disk".to_string()));
+        assert_eq!(reasons[3], ("vdc", "block device".to_string()));
         assert_eq!(
             reasons[4],
-            ("vdd", "raw image: only qcow2 overlays are managed")
+            (
+                "vdd",
+                "raw image: only qcow2 overlays are managed".to_string()
+            )
         );
         // The first one's image does not exist on this machine.
         assert!(reasons[0].1.contains("missing"), "{:?}", reasons[0]);

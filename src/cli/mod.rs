@@ -1,0 +1,109 @@
+//! The scriptable command line: one file per subcommand, the types in [`args`]. No
+//! subcommand means the desktop application (see `main.rs`).
+
+pub mod args;
+mod operate;
+mod status;
+mod watch;
+
+use virt::connect::Connect;
+
+pub use args::{Cli, Command, Exit, EXIT_NOT_CONFIRMED, EXIT_USAGE};
+pub use watch::watch_line;
+
+use crate::i18n::tr_f;
+use crate::jobs::{self, Context};
+use crate::libvirt;
+use crate::overlay::{OpError, OpKind};
+
+/// Runs a subcommand; returns the process's exit code.
+pub fn run(cli: &Cli, command: &Command) -> i32 {
+    let uris = cli.uris();
+    let ctx = cli.context();
+    match command {
+        Command::Status { vm, json } => status::run(&ctx, &uris, vm.as_deref(), *json),
+        Command::Watch { json } => watch::run(uris, *json) as i32,
+        Command::Commit(args) => operate::run(ctx, &uris, OpKind::Commit, args),
+        Command::Discard(args) => operate::run(ctx, &uris, OpKind::Discard, args),
+    }
+}
+
+fn connect_error(uri: &str, e: &virt::error::Error) -> i32 {
+    eprintln!(
+        "vmoverlay: {}",
+        tr_f(
+            "cannot connect to '{uri}': {error}. Nothing was changed.",
+            &[("uri", uri), ("error", e.message())]
+        )
+    );
+    Exit::Connect as i32
+}
+
+fn not_found(name: &str, uris: &[String]) -> i32 {
+    eprintln!(
+        "vmoverlay: {}",
+        tr_f(
+            "no domain named '{vm}' on {uris}. Nothing was changed.",
+            &[("vm", name), ("uris", &uris.join(", "))]
+        )
+    );
+    Exit::NotFound as i32
+}
+
+fn refuse(e: &OpError) -> i32 {
+    eprintln!("vmoverlay: {e}");
+    e.exit_code()
+}
+
+/// Opens every URI (read-only): the first failure is the exit code.
+fn open_all(uris: &[String]) -> Result<Vec<(String, Connect)>, i32> {
+    uris.iter()
+        .map(|uri| {
+            libvirt::open(uri, true)
+                .map(|c| (uri.clone(), c))
+                .map_err(|e| connect_error(uri, &e))
+        })
+        .collect()
+}
+
+/// Finishes operations that an earlier run left in the journal, before anything else.
+fn recover_pending(ctx: &Context) {
+    for (rec, result) in jobs::recover(&ctx.journal) {
+        match result {
+            Ok(o) => eprintln!(
+                "vmoverlay: {}",
+                match rec.op {
+                    OpKind::Commit => tr_f(
+                        "finished the interrupted commit of {vm} ({disk}) from the journal",
+                        &[("vm", &rec.domain), ("disk", &o.target)],
+                    ),
+                    OpKind::Discard => tr_f(
+                        "finished the interrupted discard of {vm} ({disk}) from the journal",
+                        &[("vm", &rec.domain), ("disk", &o.target)],
+                    ),
+                }
+            ),
+            Err(e) => eprintln!(
+                "vmoverlay: {}",
+                match rec.op {
+                    OpKind::Commit => tr_f(
+                        "the interrupted commit of {vm} ({disk}) is still pending: {error}",
+                        &[
+                            ("vm", &rec.domain),
+                            ("disk", &rec.disk.target),
+                            ("error", &e.to_string())
+                        ],
+                    ),
+                    OpKind::Discard => tr_f(
+                        "the interrupted discard of {vm} ({disk}) is still pending: {error}",
+                        &[
+                            ("vm", &rec.domain),
+                            ("disk", &rec.disk.target),
+                            ("error", &e.to_string())
+                        ],
+                    ),
+                }
+            ),
+        }
+    }
+}

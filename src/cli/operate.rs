@@ -1,0 +1,143 @@
+//! `vmoverlay commit VM` and `vmoverlay discard VM`: the pipeline's plan, a confirmation on a
+//! terminal, then the run with a progress line.
+
+use std::io::IsTerminal;
+
+use super::args::{Exit, OpArgs, EXIT_NOT_CONFIRMED};
+use super::{not_found, open_all, recover_pending, refuse};
+use crate::i18n::{tr, tr_f};
+use crate::jobs::{self, Context, Event};
+use crate::overlay::{OpError, OpKind, Progress};
+use crate::units::human_bytes;
+
+fn confirm(question: &str) -> bool {
+    eprint!("{question} {} ", tr("[y/N]"));
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).is_ok()
+        && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
+}
+
+fn question(op: OpKind, vm: &str, req: &crate::overlay::Request, changed: u64) -> String {
+    match op {
+        OpKind::Commit => tr_f(
+            "Commit {size} written by {vm} ({disk}) into {base}?",
+            &[
+                ("size", &human_bytes(changed)),
+                ("vm", vm),
+                ("disk", &req.disk.target),
+                ("base", &req.disk.base.display().to_string()),
+            ],
+        ),
+        OpKind::Discard => tr_f(
+            "Discard {size} written by {vm} ({disk}) to {overlay}?",
+            &[
+                ("size", &human_bytes(changed)),
+                ("vm", vm),
+                ("disk", &req.disk.target),
+                ("overlay", &req.disk.overlay.display().to_string()),
+            ],
+        ),
+    }
+}
+
+fn progress_line(target: &str, p: &Progress) -> String {
+    match p {
+        Progress::Committing(f) => tr_f(
+            "committing {disk} {percent}%",
+            &[("disk", target), ("percent", &format!("{:5.1}", f * 100.0))],
+        ),
+        Progress::CheckingBase => tr_f("checking the base of {disk}", &[("disk", target)]),
+        Progress::Rebuilding => tr_f("rebuilding {disk}", &[("disk", target)]),
+    }
+}
+
+pub fn run(mut ctx: Context, uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
+    let conns = match open_all(uris) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    ctx.others = conns.clone();
+    recover_pending(&ctx);
+    let Some((uri, conn)) = conns
+        .iter()
+        .find(|(_, c)| c.lookup_domain_by_name(&args.vm).is_ok())
+    else {
+        return not_found(&args.vm, uris);
+    };
+    let plan = match jobs::plan(&ctx, conn, uri, &args.vm, op, args.disk.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return refuse(&e),
+    };
+    if !args.yes {
+        if !std::io::stdin().is_terminal() {
+            eprintln!(
+                "vmoverlay: {}",
+                match op {
+                    OpKind::Commit => tr(
+                        "refusing to commit without --yes when not run from a terminal. Nothing was changed."
+                    ),
+                    OpKind::Discard => tr(
+                        "refusing to discard without --yes when not run from a terminal. Nothing was changed."
+                    ),
+                }
+            );
+            return EXIT_NOT_CONFIRMED;
+        }
+        for (req, changed) in &plan.disks {
+            if !confirm(&question(op, &args.vm, req, *changed)) {
+                eprintln!("vmoverlay: {}", tr("not confirmed. Nothing was changed."));
+                return EXIT_NOT_CONFIRMED;
+            }
+        }
+    }
+    let bases: Vec<_> = plan
+        .disks
+        .iter()
+        .map(|(r, _)| (r.disk.target.clone(), r.disk.base.clone()))
+        .collect();
+    let bar = std::io::stderr().is_terminal();
+    let events = jobs::spawn(plan, &ctx);
+    let result = loop {
+        match events.recv_blocking() {
+            Ok(Event::Progress { target, progress }) => {
+                if bar {
+                    eprint!("\r\x1b[2K{}", progress_line(&target, &progress));
+                }
+            }
+            Ok(Event::Done(r)) => break r,
+            Err(_) => {
+                break Err(OpError::NotFound {
+                    what: "the operation's worker stopped unexpectedly; see the journal".into(),
+                })
+            }
+        }
+    };
+    if bar {
+        eprint!("\r\x1b[2K");
+    }
+    match result {
+        Ok(done) => {
+            for o in &done.outcomes {
+                let base = bases
+                    .iter()
+                    .find(|(t, _)| *t == o.target)
+                    .map(|(_, b)| b.display().to_string())
+                    .unwrap_or_default();
+                let size = human_bytes(o.changed_bytes);
+                let line = match op {
+                    OpKind::Commit => tr_f(
+                        "committed {size} into {base}; overlay rebuilt empty",
+                        &[("size", &size), ("base", &base)],
+                    ),
+                    OpKind::Discard => tr_f(
+                        "discarded {size}; overlay rebuilt empty, base untouched",
+                        &[("size", &size)],
+                    ),
+                };
+                println!("{} {}: {line}", args.vm, o.target);
+            }
+            Exit::Ok as i32
+        }
+        Err(e) => refuse(&e),
+    }
+}

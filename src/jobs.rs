@@ -1,0 +1,368 @@
+//! The one operation pipeline, shared by the command line and the application (no GTK):
+//!
+//! 1. **plan**: find a VM's managed disks, say per disk why one is refused, check every
+//!    precondition of every disk before the first is written;
+//! 2. **run**: the disks one after the other on a worker thread, reporting typed events;
+//! 3. **recover**: finish what the journal says an earlier run left half-done;
+//! 4. **record**: remember each disk's last result (shown by `status`).
+//!
+//! A fix to any step lands once, and the CLI, the prompt, the tray and the status window
+//! refuse the same way with the same sentence.
+
+use std::path::Path;
+
+use virt::connect::Connect;
+
+use crate::libvirt::domains::{self, LibvirtCheck};
+use crate::overlay::{
+    ops, DomainCheck, DomainDisks, EngineChoice, Journal, ManagedDisk, OpError, OpKind, Outcome,
+    Pin, Progress, Record, Request, SkipReason,
+};
+use crate::units::human_bytes;
+
+/// What every step needs besides the VM: where the journal is, how the engine of each disk
+/// is chosen, the user's pins, and every other connection this process has open (a base may
+/// be used by a domain on any of them).
+#[derive(Clone)]
+pub struct Context {
+    pub journal: Journal,
+    pub engine: EngineChoice,
+    /// Pins given for this run (the old command line's `VM --overlay --base`), per VM name.
+    pub run_pins: Vec<(String, Pin)>,
+    pub others: Vec<(String, Connect)>,
+}
+
+impl Context {
+    pub fn new(engine: EngineChoice) -> Context {
+        Context {
+            journal: Journal::default_location(),
+            engine,
+            run_pins: Vec::new(),
+            others: Vec::new(),
+        }
+    }
+
+    /// The pins of `vm`: this run's, then the settings file's.
+    pub fn pins_for(&self, vm: &str) -> Result<Vec<Pin>, OpError> {
+        let mut pins: Vec<Pin> = self
+            .run_pins
+            .iter()
+            .filter(|(name, _)| name == vm)
+            .map(|(_, p)| p.clone())
+            .collect();
+        pins.extend(
+            crate::settings::pins_for(vm).map_err(|e| OpError::NotFound {
+                what: e.to_string(),
+            })?,
+        );
+        Ok(pins)
+    }
+
+    /// The domain check of `vm` on `conn`, knowing this context's other connections.
+    pub fn check(&self, conn: &Connect, uri: &str, vm: &str) -> LibvirtCheck {
+        LibvirtCheck::new(conn.clone(), uri, vm).with_others(self.others.clone())
+    }
+}
+
+/// A VM's disks as found now, with its check.
+pub struct Found {
+    pub check: LibvirtCheck,
+    pub disks: DomainDisks,
+}
+
+pub fn find(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Result<Found, OpError> {
+    let check = ctx.check(conn, uri, vm);
+    let pins = ctx.pins_for(vm)?;
+    let disks = domains::domain_disks(&check, ctx.engine, &pins)?;
+    Ok(Found { check, disks })
+}
+
+/// An operation on some disks of one VM, every precondition checked.
+pub struct Plan {
+    pub op: OpKind,
+    pub uri: String,
+    pub vm: String,
+    pub conn: Connect,
+    /// Each disk's request and the bytes its overlay holds now.
+    pub disks: Vec<(Request, u64)>,
+}
+
+impl Plan {
+    pub fn changed_bytes(&self) -> u64 {
+        self.disks.iter().map(|(_, n)| n).sum()
+    }
+}
+
+/// The refusal for a disk the definition lists but that is not managed.
+fn not_managed(vm: &str, target: &str, reason: &SkipReason) -> OpError {
+    match reason {
+        SkipReason::BackingMismatch {
+            overlay,
+            xml_base,
+            header_base,
+        } => OpError::BackingMismatch {
+            vm: vm.to_string(),
+            overlay: overlay.clone(),
+            xml_base: xml_base.clone(),
+            header_base: header_base.clone(),
+        },
+        reason => OpError::DiskNotManaged {
+            vm: vm.to_string(),
+            disk: target.to_string(),
+            reason: Box::new(reason.clone()),
+        },
+    }
+}
+
+/// The disks `op` works on: `only` (a target), or every managed disk. Refuses with the
+/// reason when there is none, and when a disk whose backing file is in dispute would be left
+/// out of a whole-VM operation.
+fn chosen_disks(
+    vm: &str,
+    found: &DomainDisks,
+    only: Option<&str>,
+) -> Result<Vec<ManagedDisk>, OpError> {
+    if let Some(t) = only {
+        if let Some(d) = found.managed.iter().find(|d| d.target == t) {
+            return Ok(vec![d.clone()]);
+        }
+        return Err(match found.skipped.iter().find(|d| d.target == t) {
+            Some(s) => not_managed(vm, t, &s.reason),
+            None => OpError::NoSuchDisk {
+                vm: vm.to_string(),
+                disk: t.to_string(),
+            },
+        });
+    }
+    if let Some(s) = found
+        .skipped
+        .iter()
+        .find(|s| matches!(s.reason, SkipReason::BackingMismatch { .. }))
+    {
+        return Err(not_managed(vm, &s.target, &s.reason));
+    }
+    if found.managed.is_empty() {
+        return Err(OpError::NoManagedDisk {
+            vm: vm.to_string(),
+            skipped: found
+                .skipped
+                .iter()
+                .map(|s| (s.target.clone(), s.reason.clone()))
+                .collect(),
+        });
+    }
+    Ok(found.managed.clone())
+}
+
+/// Plans `op` on `vm` (all managed disks, or `only`): every precondition of every disk holds
+/// before the first one is written. Blocking (libvirt, qemu-img).
+pub fn plan(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    vm: &str,
+    op: OpKind,
+    only: Option<&str>,
+) -> Result<Plan, OpError> {
+    let found = find(ctx, conn, uri, vm)?;
+    let disks = chosen_disks(vm, &found.disks, only)?;
+    let mut planned = Vec::new();
+    for disk in disks {
+        let req = Request {
+            op,
+            uri: uri.to_string(),
+            domain: vm.to_string(),
+            disk,
+        };
+        // An interrupted commit that waits for the user's word: committing finishes it.
+        if op == OpKind::Commit && resumable_commit(&ctx.journal, &req.disk.overlay).is_some() {
+            let changed = ops::changed_bytes(&req.disk, &found.check).unwrap_or(0);
+            planned.push((req, changed));
+            continue;
+        }
+        let changed = ops::preflight(&req, &found.check, &ctx.journal)?;
+        planned.push((req, changed));
+    }
+    Ok(Plan {
+        op,
+        uri: uri.to_string(),
+        vm: vm.to_string(),
+        conn: conn.clone(),
+        disks: planned,
+    })
+}
+
+fn resumable_commit(journal: &Journal, overlay: &Path) -> Option<Record> {
+    journal.get(overlay).filter(|r| r.op == OpKind::Commit)
+}
+
+/// What blocks `vm` now, and the bytes its overlays hold: for the status window, the tray,
+/// the prompt and `status --json`. `Err` only when the VM cannot be looked at at all.
+pub struct Assessment {
+    pub changed: Option<u64>,
+    /// Why neither Commit nor Discard may be offered (the sentence `commit` would print).
+    pub blocked: Option<OpError>,
+}
+
+/// Looks at `vm` without writing or locking anything. Blocking.
+pub fn assess(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Assessment {
+    let found = match find(ctx, conn, uri, vm) {
+        Ok(f) => f,
+        Err(e) => {
+            return Assessment {
+                changed: None,
+                blocked: Some(e),
+            }
+        }
+    };
+    assess_found(ctx, vm, &found)
+}
+
+/// As [`assess`], for disks already found.
+pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
+    let disks = match chosen_disks(vm, &found.disks, None) {
+        Ok(d) => d,
+        Err(e) => {
+            return Assessment {
+                changed: None,
+                blocked: Some(e),
+            }
+        }
+    };
+    let mut changed = 0;
+    let mut blocked = found.check.ensure_no_saved_state().err();
+    for disk in &disks {
+        match ops::changed_bytes(disk, &found.check) {
+            Ok(n) => changed += n,
+            Err(e) => {
+                return Assessment {
+                    changed: None,
+                    blocked: Some(e),
+                }
+            }
+        }
+        if blocked.is_none() {
+            blocked = found
+                .check
+                .images(disk.engine)
+                .and_then(|images| images.ensure_nothing_inside(disk, true))
+                .err();
+        }
+        if blocked.is_none() {
+            let record = ctx.journal.path_for(&disk.overlay);
+            if record.exists() {
+                blocked = Some(OpError::Busy {
+                    overlay: disk.overlay.clone(),
+                    journal: record,
+                });
+            }
+        }
+    }
+    Assessment {
+        changed: Some(changed),
+        blocked,
+    }
+}
+
+/// What a running plan reports, in order: progress of each disk, then one `Done`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Progress { target: String, progress: Progress },
+    Done(Result<Done, OpError>),
+}
+
+/// A finished plan: what each disk held before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Done {
+    pub op: OpKind,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Done {
+    pub fn changed_bytes(&self) -> u64 {
+        self.outcomes.iter().map(|o| o.changed_bytes).sum()
+    }
+}
+
+/// Runs `plan` disk after disk on a worker thread; stops at the first failure. Each disk's
+/// result is recorded. Await the receiver on a main loop, or `recv_blocking`.
+pub fn spawn(plan: Plan, ctx: &Context) -> async_channel::Receiver<Event> {
+    let (tx, rx) = async_channel::unbounded();
+    let ctx = ctx.clone();
+    std::thread::Builder::new()
+        .name(format!("{} {}", plan.op.word(), plan.vm))
+        .spawn(move || {
+            let result = run(&plan, &ctx, &mut |target, progress| {
+                let _ = tx.try_send(Event::Progress {
+                    target: target.to_string(),
+                    progress,
+                });
+            });
+            let _ = tx.try_send(Event::Done(result));
+        })
+        .expect("spawn an operation's worker thread");
+    rx
+}
+
+fn run(
+    plan: &Plan,
+    ctx: &Context,
+    progress: &mut dyn FnMut(&str, Progress),
+) -> Result<Done, OpError> {
+    let mut outcomes = Vec::new();
+    for (req, _) in &plan.disks {
+        let check = ctx.check(&plan.conn, &plan.uri, &plan.vm);
+        let target = req.disk.target.clone();
+        let mut report = |p| progress(&target, p);
+        let result = match resumable_commit(&ctx.journal, &req.disk.overlay) {
+            Some(rec) if req.op == OpKind::Commit => {
+                ops::resume_with(rec, &check, &ctx.journal, &mut report, true)
+            }
+            _ => ops::run(req, &check, &ctx.journal, &mut report),
+        };
+        match result {
+            Ok(o) => {
+                record(&ctx.journal, &o, &req.disk.base);
+                outcomes.push(o);
+            }
+            Err(e) => {
+                ctx.journal
+                    .set_last(&req.disk.overlay, &format!("{} failed: {e}", req.op.word()));
+                return Err(e);
+            }
+        }
+    }
+    Ok(Done {
+        op: plan.op,
+        outcomes,
+    })
+}
+
+/// Remembers a disk's last result (shown by `status`; never needed for safety).
+pub fn record(journal: &Journal, o: &Outcome, base: &Path) {
+    let summary = match (o.op, o.resumed) {
+        (OpKind::Commit, false) => format!(
+            "committed {} into {}; overlay rebuilt empty",
+            human_bytes(o.changed_bytes),
+            base.display()
+        ),
+        (OpKind::Discard, false) => format!(
+            "discarded {}; overlay rebuilt empty, base untouched",
+            human_bytes(o.changed_bytes)
+        ),
+        (op, true) => format!("{} finished after an interruption", op.word()),
+    };
+    journal.set_last(&o.overlay, &summary);
+}
+
+/// Finishes the operations an earlier run left in the journal (each record names its
+/// connection and domain), records them, and returns each with its result.
+pub fn recover(journal: &Journal) -> Vec<(Record, Result<Outcome, OpError>)> {
+    let results = ops::recover(journal, &domains::check_for_record, &mut |_, _| {});
+    for (rec, result) in &results {
+        if let Ok(o) = result {
+            record(journal, o, &rec.disk.base);
+        }
+    }
+    results
+}

@@ -1,0 +1,78 @@
+//! The two questions the operations ask: of the *engine* that works on a disk's images
+//! ([`ImageEngine`]: `qemu-img` here, or libvirtd), and of the domain those images belong to
+//! ([`DomainCheck`], answered over libvirt by `crate::libvirt`). Both are traits so the
+//! operations in [`super::ops`] run the same preconditions, journal and progress whoever does
+//! the work, and so the overlay layer never touches libvirt itself.
+
+use std::path::Path;
+
+use super::error::{OpError, SkipReason};
+use super::qemu_img::QemuImgEngine;
+use super::types::{Engine, ManagedDisk, Phase, Progress, Stamp};
+
+/// The image operations an engine provides. Every path is as the domain's host sees it.
+pub trait ImageEngine: Send + Sync {
+    fn kind(&self) -> Engine;
+    /// Reads `overlay` (the source of disk `target`) as a qcow2 overlay over its base.
+    fn inspect(&self, target: &str, overlay: &Path) -> Result<ManagedDisk, SkipReason>;
+    /// Guest data the overlay holds, in bytes.
+    fn changed_bytes(&self, disk: &ManagedDisk) -> Result<u64, SkipReason>;
+    /// `Err(Locked)` if a process other than a domain holds the overlay (and the base, with
+    /// `base_too`) open.
+    fn ensure_unlocked(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), OpError>;
+    /// `Err(NotWritable)` if the overlay's directory (and the base, with `base_too`) cannot be
+    /// written by whoever does the work.
+    fn ensure_writable(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), OpError>;
+    /// Refuses when the images hold something a rebuild (or, with `commit`, a write into the
+    /// base) would lose: internal snapshots or persistent dirty bitmaps in the overlay, bitmaps
+    /// in the base.
+    fn ensure_nothing_inside(&self, disk: &ManagedDisk, commit: bool) -> Result<(), OpError>;
+    /// Other overlays next to the overlay or the base that are backed by the same base.
+    fn other_overlays(&self, disk: &ManagedDisk) -> Vec<String>;
+    /// Free bytes where the base lives.
+    fn free_space(&self, disk: &ManagedDisk) -> Result<u64, String>;
+    /// Copies the overlay's data into the base; the overlay is left as it is.
+    fn commit(&self, disk: &ManagedDisk, progress: &mut dyn FnMut(Progress)) -> Result<(), String>;
+    /// Consistency check of the base after a commit.
+    fn check_base(&self, disk: &ManagedDisk) -> Result<(), String>;
+    /// Size and modification time of the overlay, to notice writes by someone else.
+    fn stamp(&self, disk: &ManagedDisk) -> Option<Stamp>;
+    /// Replaces the overlay by an empty one over the same base.
+    fn rebuild(&self, disk: &ManagedDisk) -> Result<(), String>;
+    /// The last check right before the first write of `phase`: no other process holds the
+    /// images it writes. An engine may already take hold of them here.
+    fn prepare_write(&self, disk: &ManagedDisk, phase: Phase) -> Result<(), OpError> {
+        self.ensure_unlocked(disk, phase == Phase::Committing)
+    }
+    /// Undoes what an interrupted run of this engine left running (before a resume).
+    fn clean_up_interrupted(&self) -> Result<(), OpError> {
+        Ok(())
+    }
+}
+
+/// What the operations need to know about the domain; implemented over libvirt by
+/// `crate::libvirt::domains::LibvirtCheck`.
+pub trait DomainCheck: Send {
+    /// `Err(DomainActive)` if the domain runs (or is paused, …) right now.
+    fn ensure_inactive(&self) -> Result<(), OpError>;
+    /// Disks of any domain, other than `overlay`, whose backing chain contains `base`.
+    fn other_users(&self, base: &Path, overlay: &Path) -> Result<Vec<String>, OpError>;
+    /// Refuses when libvirt keeps state that needs the images exactly as they are: a
+    /// managed-save image, snapshots, checkpoints.
+    fn ensure_no_saved_state(&self) -> Result<(), OpError> {
+        Ok(())
+    }
+    /// The domain's UUID, so a journal record still finds it after a rename.
+    fn uuid(&self) -> Option<String> {
+        None
+    }
+    /// The engine that works on disks of kind `kind`. Only `qemu-img` needs no connection.
+    fn images(&self, kind: Engine) -> Result<&dyn ImageEngine, OpError> {
+        match kind {
+            Engine::QemuImg => Ok(&QemuImgEngine),
+            Engine::Libvirt => Err(OpError::NotFound {
+                what: "the libvirt engine needs a connection to the domain's libvirtd".into(),
+            }),
+        }
+    }
+}

@@ -1,0 +1,279 @@
+//! The `qemu-img` engine: this process works on image files it can write, with `qemu-img`
+//! subprocesses (paths are arguments, never passed through a shell).
+//! Rebuild: a new empty overlay is created beside the old one and renamed over it, so there is
+//! never a moment without an overlay file.
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::Stdio;
+
+use super::discover::inspect_overlay;
+use super::engine::ImageEngine;
+use super::error::{OpError, SkipReason};
+use super::image;
+use super::journal::sync_dir;
+use super::types::{Engine, ManagedDisk, Progress, Stamp};
+
+/// The local engine: `qemu-img` subprocesses on files this process can write.
+pub struct QemuImgEngine;
+
+impl ImageEngine for QemuImgEngine {
+    fn kind(&self) -> Engine {
+        Engine::QemuImg
+    }
+
+    fn inspect(&self, target: &str, overlay: &Path) -> Result<ManagedDisk, SkipReason> {
+        inspect_overlay(target, overlay)
+    }
+
+    fn changed_bytes(&self, disk: &ManagedDisk) -> Result<u64, SkipReason> {
+        image::changed_bytes(&disk.overlay)
+    }
+
+    fn ensure_unlocked(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), OpError> {
+        if base_too {
+            image::ensure_unlocked(&[&disk.overlay, &disk.base])
+        } else {
+            image::ensure_unlocked(&[&disk.overlay])
+        }
+    }
+
+    fn ensure_writable(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), OpError> {
+        let dir = disk.overlay.parent().unwrap_or(Path::new("/"));
+        image::is_writable(dir).map_err(|reason| OpError::NotWritable {
+            what: format!("the overlay's directory {}", dir.display()),
+            reason,
+        })?;
+        if base_too {
+            image::is_writable(&disk.base).map_err(|reason| OpError::NotWritable {
+                what: format!("the base {}", disk.base.display()),
+                reason,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn ensure_nothing_inside(&self, disk: &ManagedDisk, commit: bool) -> Result<(), OpError> {
+        ensure_nothing_inside(disk, commit)
+    }
+
+    fn other_overlays(&self, disk: &ManagedDisk) -> Vec<String> {
+        let dir = disk.overlay.parent().unwrap_or(Path::new("/"));
+        let mut dirs = vec![dir];
+        if let Some(bdir) = disk.base.parent().filter(|b| *b != dir) {
+            dirs.push(bdir);
+        }
+        dirs.into_iter()
+            .flat_map(|d| image::other_overlays_of(d, &disk.base, &disk.overlay))
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    fn free_space(&self, disk: &ManagedDisk) -> Result<u64, String> {
+        image::free_space(&disk.base)
+    }
+
+    fn commit(&self, disk: &ManagedDisk, progress: &mut dyn FnMut(Progress)) -> Result<(), String> {
+        commit_image(&disk.overlay, progress)
+    }
+
+    fn check_base(&self, disk: &ManagedDisk) -> Result<(), String> {
+        check_image(&disk.base, &disk.base_format)
+    }
+
+    fn stamp(&self, disk: &ManagedDisk) -> Option<Stamp> {
+        Stamp::of(&disk.overlay).ok()
+    }
+
+    fn rebuild(&self, disk: &ManagedDisk) -> Result<(), String> {
+        rebuild(disk)
+    }
+}
+
+/// What the images hold besides the guest's data, read with `qemu-img info` (no locks
+/// taken): internal snapshots and bitmaps in the overlay die with it; bitmaps in the base would
+/// not follow a commit's writes. Shared by both engines where the files are readable here.
+pub fn ensure_nothing_inside(disk: &ManagedDisk, commit: bool) -> Result<(), OpError> {
+    let chain = image::backing_chain(&disk.overlay).map_err(|e| OpError::NotFound {
+        what: e.to_string(),
+    })?;
+    if let Some(top) = chain.first() {
+        let names = top.snapshot_names();
+        if !names.is_empty() {
+            return Err(OpError::InternalSnapshots {
+                path: disk.overlay.clone(),
+                names,
+            });
+        }
+        let names = top.bitmap_names();
+        if !names.is_empty() {
+            return Err(OpError::Bitmaps {
+                path: disk.overlay.clone(),
+                names,
+            });
+        }
+    }
+    if let (true, Some(base)) = (commit, chain.get(1)) {
+        let names = base.bitmap_names();
+        if !names.is_empty() {
+            return Err(OpError::Bitmaps {
+                path: disk.base.clone(),
+                names,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether this process can do the work on `disk` itself: it can write the overlay, its
+/// directory and the base. Only meaningful for a connection to this machine.
+pub fn locally_writable(disk: &ManagedDisk) -> bool {
+    let dir = disk.overlay.parent().unwrap_or(Path::new("/"));
+    [disk.overlay.as_path(), dir, disk.base.as_path()]
+        .iter()
+        .all(|p| image::is_writable(p).is_ok())
+}
+
+/// Parses `qemu-img commit -p` progress: "    (51.52/100%)".
+pub fn parse_progress(chunk: &str) -> Option<f64> {
+    let inner = chunk.trim().strip_prefix('(')?.strip_suffix("/100%)")?;
+    inner
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|p| (p / 100.0).clamp(0.0, 1.0))
+}
+
+pub fn commit_image(overlay: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), String> {
+    // -d: leave the overlay as it is (it is replaced next), which also keeps it a complete
+    // copy of the guest's changes until the rebuild.
+    let mut child = image::qemu_img()
+        .args(["commit", "-p", "-d", "-f", "qcow2"])
+        .arg(overlay)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut buf = [0u8; 256];
+    let mut pending = String::new();
+    loop {
+        let n = stdout.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        pending.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(i) = pending.find(['\r', '\n']) {
+            let chunk: String = pending.drain(..=i).collect();
+            if let Some(p) = parse_progress(&chunk) {
+                progress(Progress::Committing(p));
+            }
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let err = err_reader.join().unwrap_or_default();
+    if status.success() {
+        Ok(())
+    } else {
+        let msg = err.trim().trim_start_matches("qemu-img: ").to_string();
+        Err(if msg.is_empty() {
+            format!("qemu-img commit ended with {status}")
+        } else {
+            msg
+        })
+    }
+}
+
+/// `qemu-img check` of a qcow2 base; leaked clusters (exit 3) are harmless.
+pub fn check_image(base: &Path, format: &str) -> Result<(), String> {
+    if format != "qcow2" {
+        return Ok(()); // qemu-img check knows nothing to check in raw images
+    }
+    let out = image::qemu_img()
+        .args(["check", "-q", "-f", "qcow2"])
+        .arg(base)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    match out.status.code() {
+        Some(0) | Some(3) => Ok(()),
+        _ => Err(format!(
+            "qemu-img check of the base {} failed: {}",
+            base.display(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+                + String::from_utf8_lossy(&out.stderr).trim()
+        )),
+    }
+}
+
+/// Replaces the overlay by an empty one with the same backing reference (relative stays
+/// relative), backing format, virtual size, cluster size, owner, group and mode.
+pub fn rebuild(disk: &ManagedDisk) -> Result<(), String> {
+    let overlay = &disk.overlay;
+    let dir = overlay.parent().ok_or("overlay has no directory")?;
+    let name = overlay
+        .file_name()
+        .ok_or("overlay has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.vmoverlay-new"));
+    let meta = std::fs::metadata(overlay).map_err(|e| format!("{}: {e}", overlay.display()))?;
+    let _ = std::fs::remove_file(&tmp); // a leftover of an interrupted rebuild
+    let mut cmd = image::qemu_img();
+    cmd.args([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-F",
+        &disk.base_format,
+        "-b",
+        &disk.backing_ref,
+    ]);
+    if let Some(cs) = disk.cluster_size {
+        cmd.arg("-o").arg(format!("cluster_size={cs}"));
+    }
+    // Run in the overlay's directory: a relative backing reference is resolved from there.
+    let out = cmd
+        .arg(&tmp)
+        .arg(disk.virtual_size.to_string())
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "creating the new overlay: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let finish = || -> std::io::Result<()> {
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, overlay)?;
+        sync_dir(dir)
+    };
+    finish().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("replacing {}: {e}", overlay.display())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_parse() {
+        assert_eq!(parse_progress("    (0.00/100%)\r"), Some(0.0));
+        assert_eq!(parse_progress("    (51.52/100%)\r"), Some(0.5152));
+        assert_eq!(parse_progress("    (100.00/100%)\n"), Some(1.0));
+        assert_eq!(parse_progress("Image committed.\n"), None);
+    }
+}

@@ -1,0 +1,330 @@
+//! Nothing lost with real VMs: each state of a real domain in which `commit` or `discard` would
+//! lose data or corrupt something is set up on the test-bed libvirtd with real qcow2 images, and
+//! both operations must refuse it with their own exit code and a message, changing no byte of
+//! any image and nothing libvirt knows; `status --json` names what blocks them.
+
+mod common;
+
+use std::path::Path;
+
+use common::guest::{qemu_img, read_image, Behaviour};
+use common::images::{changed, checksum, create_base, create_overlay, info, reads_pattern};
+use common::vm_state::*;
+use common::{testbed_shared, virsh};
+
+fn state_dir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// A guest that stays up (until destroyed) once started.
+fn held() -> Behaviour {
+    Behaviour {
+        hold_secs: 600,
+        ..Default::default()
+    }
+}
+
+fn image_snapshots(path: &Path) -> Vec<String> {
+    info(path)["snapshots"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| s["name"].as_str().unwrap().into())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn image_bitmaps(path: &Path) -> Vec<String> {
+    info(path)["format-specific"]["data"]["bitmaps"]
+        .as_array()
+        .map(|s| {
+            s.iter()
+                .map(|s| s["name"].as_str().unwrap().into())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A refused `vm`: both operations exit `code` saying `needles`, nothing changes, and
+/// `status --json` lists a blocked entry of `kind` whose message the commit printed.
+fn refused(uri: &str, vm: &StateVm, code: i32, needles: &[&str], kind: &str) -> serde_json::Value {
+    let state = state_dir();
+    let recapture = || capture(uri, &[&vm.name], &[vm.dir.path()]);
+    let before = recapture();
+    let err = assert_both_refused(
+        state.path(),
+        uri,
+        &vm.name,
+        code,
+        needles,
+        &before,
+        recapture,
+    );
+    let status = status_json(state.path(), uri, &vm.name);
+    let entry = blocked_entry(&status, kind);
+    let message = entry["message"].as_str().unwrap();
+    assert!(
+        err.contains(message),
+        "status says {message:?}, commit said {err:?}"
+    );
+    entry
+}
+
+#[test]
+fn a_managed_save_blocks_commit_and_discard() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let vm = StateVm::define(&bed.uri, "vmo-st-msave", &held());
+    vm.start_running();
+    virsh(&bed.uri, &["managedsave", &vm.name]);
+    assert_eq!(vm.domstate(), "shut off (saved)");
+    let save = Path::new("/var/lib/libvirt/qemu/save").join(format!("{}.save", vm.name));
+    let save_sum = checksum(&save);
+    let recapture = || capture(&bed.uri, &[&vm.name], &[vm.dir.path()]);
+    let before = recapture();
+    let dominfo = &before.libvirt[&format!("{}: virsh dominfo", vm.name)];
+    assert!(
+        dominfo
+            .lines()
+            .any(|l| l.starts_with("Managed save:") && l.ends_with("yes")),
+        "{dominfo}"
+    );
+    let err = assert_both_refused(
+        state.path(),
+        &bed.uri,
+        &vm.name,
+        11,
+        &["virsh managedsave-remove", "Nothing was changed"],
+        &before,
+        recapture,
+    );
+    assert_eq!(checksum(&save), save_sum, "the saved memory image changed");
+    let status = status_json(state.path(), &bed.uri, &vm.name);
+    let entry = blocked_entry(&status, "managed-save");
+    let said = format!("vmoverlay: {}", entry["message"].as_str().unwrap());
+    assert!(
+        err.lines().any(|l| l == said),
+        "status --json gives the sentence commit printed: {said:?}, commit: {err:?}"
+    );
+    // The guest still resumes from its saved memory on the disk it had.
+    vm.start();
+    assert_eq!(vm.domstate(), "running (restored)");
+    vm.destroy();
+    assert!(reads_pattern(&vm.overlay, 0x5a, "0", "1M"));
+}
+
+#[test]
+fn a_libvirt_internal_snapshot_blocks_commit_and_discard() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-snap");
+    virsh(&bed.uri, &["snapshot-create-as", &vm.name, "s1"]);
+    assert_eq!(
+        image_snapshots(&vm.overlay),
+        ["s1"],
+        "internal, in the overlay"
+    );
+    refused(&bed.uri, &vm, 12, &["snapshot"], "snapshots");
+    assert_eq!(
+        virsh(&bed.uri, &["snapshot-list", "--name", &vm.name]).trim(),
+        "s1"
+    );
+}
+
+#[test]
+fn a_libvirt_external_disk_only_snapshot_blocks_commit_and_discard() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-extsnap");
+    // libvirt 9.0 takes it on a shut-off domain: a new overlay.s2 on top of the overlay, and
+    // the persistent XML's disk now names it.
+    virsh(
+        &bed.uri,
+        &["snapshot-create-as", &vm.name, "s2", "--disk-only"],
+    );
+    let top = vm.dir.path().join("overlay.s2");
+    assert_eq!(
+        info(&top)["full-backing-filename"],
+        vm.overlay.to_str().unwrap()
+    );
+    let xml = virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]);
+    assert!(
+        xml.contains(&format!("<source file='{}'/>", top.display())),
+        "{xml}"
+    );
+    refused(&bed.uri, &vm, 12, &["snapshot"], "snapshots");
+}
+
+#[test]
+fn an_internal_snapshot_only_in_the_image_blocks_commit_and_discard() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-imgsnap");
+    qemu_img(&["snapshot", "-c", "s", vm.overlay.to_str().unwrap()]);
+    assert_eq!(
+        virsh(&bed.uri, &["snapshot-list", "--name", &vm.name]).trim(),
+        ""
+    );
+    let entry = refused(&bed.uri, &vm, 12, &["snapshot"], "internal-snapshots");
+    assert_eq!(entry["disk"], "vda", "{entry}");
+    assert_eq!(image_snapshots(&vm.overlay), ["s"]);
+}
+
+#[test]
+fn a_libvirt_checkpoint_blocks_commit_and_discard() {
+    let bed = testbed_shared();
+    let vm = StateVm::define(&bed.uri, "vmo-st-ckpt", &held());
+    // libvirt 9.0: "cannot create checkpoint for inactive domain"; it needs the guest running.
+    vm.start_running();
+    virsh(&bed.uri, &["checkpoint-create-as", &vm.name, "c1"]);
+    vm.destroy();
+    assert!(vm.domstate().starts_with("shut off"));
+    assert_eq!(
+        image_bitmaps(&vm.overlay),
+        ["c1"],
+        "the checkpoint's bitmap"
+    );
+    refused(&bed.uri, &vm, 13, &["checkpoint"], "checkpoints");
+    assert_eq!(
+        virsh(&bed.uri, &["checkpoint-list", "--name", &vm.name]).trim(),
+        "c1"
+    );
+}
+
+#[test]
+fn a_persistent_bitmap_only_in_the_image_blocks_commit_and_discard() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-bitmap");
+    qemu_img(&["bitmap", "--add", vm.overlay.to_str().unwrap(), "b0"]);
+    assert_eq!(image_bitmaps(&vm.overlay), ["b0"]);
+    let entry = refused(&bed.uri, &vm, 13, &["bitmap"], "bitmaps");
+    assert_eq!(entry["disk"], "vda", "{entry}");
+}
+
+#[test]
+fn an_xml_backing_store_naming_another_file_blocks_commit_and_discard() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-xmlother");
+    let other = vm.dir.path().join("other-base.qcow2");
+    create_base(&other, "16M");
+    vm.set_xml_backing_store(&other);
+    let entry = refused(
+        &bed.uri,
+        &vm,
+        14,
+        &[other.to_str().unwrap(), vm.base.to_str().unwrap()],
+        "backing-mismatch",
+    );
+    assert_eq!(entry["disk"], "vda", "{entry}");
+}
+
+#[test]
+fn an_xml_backing_store_naming_the_same_file_commits_into_it() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-xmlsame");
+    vm.set_xml_backing_store(&vm.base);
+    let xml = virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]);
+    let status = status_json(state.path(), &bed.uri, &vm.name);
+    assert_eq!(
+        blocked(&status),
+        Vec::<serde_json::Value>::new(),
+        "{status}"
+    );
+    let ran = vmoverlay(
+        state.path(),
+        &["commit", &vm.name, "--yes", "--connect", &bed.uri],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        reads_pattern(&vm.base, 0x5a, "0", "1M"),
+        "the data is in the base"
+    );
+    assert_eq!(changed(&vm.overlay), 0);
+    assert_eq!(virsh(&bed.uri, &["dumpxml", "--inactive", &vm.name]), xml);
+}
+
+/// `vm`'s base has another user, `who`, that only a search beyond the base's directory finds:
+/// the commit is refused naming it and changes nothing (neither `vm`'s files nor the other
+/// user's `domains` and `dirs`); a discard of `vm` still works and touches only its overlay.
+fn commit_refused_discard_works(
+    uri: &str,
+    vm: &StateVm,
+    who: &str,
+    domains: &[&str],
+    dirs: &[&Path],
+) {
+    let state = state_dir();
+    let mut all_domains = vec![vm.name.as_str()];
+    all_domains.extend(domains);
+    let mut all_dirs = vec![vm.dir.path()];
+    all_dirs.extend(dirs);
+    let recapture = || capture(uri, &all_domains, &all_dirs);
+    let before = recapture();
+    let ran = vmoverlay(
+        state.path(),
+        &["commit", &vm.name, "--yes", "--connect", uri],
+    );
+    assert_eq!(ran.code, 7, "commit: {}{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains(who), "{who} not named: {}", ran.stderr);
+    assert_unchanged("after commit", &before, &recapture());
+
+    let others = || capture(uri, domains, dirs);
+    let others_before = others();
+    let base_before = checksum(&vm.base);
+    let ran = vmoverlay(
+        state.path(),
+        &["discard", &vm.name, "--yes", "--connect", uri],
+    );
+    assert_eq!(ran.code, 0, "discard: {}", ran.stderr);
+    assert_eq!(changed(&vm.overlay), 0);
+    assert_eq!(read_image(&vm.overlay, 0, 16), vec![0u8; 16]);
+    assert_eq!(checksum(&vm.base), base_before);
+    assert_unchanged("after discard", &others_before, &others());
+}
+
+#[test]
+fn a_domain_in_another_directory_on_the_same_base_blocks_commit_only() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-dir-a");
+    let other = StateVm::shut_off(&bed.uri, "vmo-st-dir-b");
+    std::fs::remove_file(&other.overlay).unwrap();
+    create_overlay(&other.overlay, vm.base.to_str().unwrap());
+    commit_refused_discard_works(
+        &bed.uri,
+        &vm,
+        "vmo-st-dir-b",
+        &[&other.name],
+        &[other.dir.path()],
+    );
+}
+
+#[test]
+fn a_domain_on_a_pool_volume_over_the_same_base_blocks_commit_only() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-vol-a");
+    let pool = Pool::create(&bed.uri, "vmo-st-vol-pool");
+    pool.overlay_volume("vmo-st-vol-b.qcow2", &vm.base);
+    let other = StateVm::shut_off(&bed.uri, "vmo-st-vol-b");
+    other.use_volume(&pool.name, "vmo-st-vol-b.qcow2");
+    commit_refused_discard_works(
+        &bed.uri,
+        &vm,
+        "vmo-st-vol-b",
+        &[&other.name],
+        &[other.dir.path(), pool.dir.path()],
+    );
+}
+
+#[test]
+fn a_pool_volume_over_the_same_base_used_by_no_domain_blocks_commit_only() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-pool-a");
+    let pool = Pool::create(&bed.uri, "vmo-st-pool-pool");
+    pool.overlay_volume("vmo-st-orphan-volume.qcow2", &vm.base);
+    commit_refused_discard_works(
+        &bed.uri,
+        &vm,
+        "vmo-st-orphan-volume.qcow2",
+        &[],
+        &[pool.dir.path()],
+    );
+}
