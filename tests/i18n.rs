@@ -9,12 +9,13 @@ use std::process::Command;
 
 use common::manifest_dir;
 
-fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+/// The Rust sources and the GtkBuilder files (`.ui`) under `dir`.
+fn source_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         let p = e.path();
         if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
+            source_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs" || x == "ui") {
             out.push(p);
         }
     }
@@ -39,8 +40,11 @@ fn linguas() -> Vec<String> {
 }
 
 /// Does the source call `tr(` or `tr_f(` (as a whole word, not `attr(`, and not the
-/// definitions in i18n.rs)?
-fn marks_strings(text: &str) -> bool {
+/// definitions in i18n.rs)? A GtkBuilder file marks its strings `translatable="yes"`.
+fn marks_strings(path: &Path, text: &str) -> bool {
+    if path.extension().is_some_and(|x| x == "ui") {
+        return text.contains("translatable=\"yes\"");
+    }
     ["tr(", "tr_f("].iter().any(|call| {
         text.match_indices(call).any(|(i, _)| {
             let before = text[..i].chars().next_back();
@@ -55,10 +59,10 @@ fn marks_strings(text: &str) -> bool {
 fn potfiles_lists_every_source_file_with_translatable_strings() {
     let root = manifest_dir();
     let mut files = Vec::new();
-    rust_files(&root.join("src"), &mut files);
+    source_files(&root.join("src"), &mut files);
     let marked: BTreeSet<String> = files
         .into_iter()
-        .filter(|p| marks_strings(&std::fs::read_to_string(p).unwrap()))
+        .filter(|p| marks_strings(p, &std::fs::read_to_string(p).unwrap()))
         .map(|p| p.strip_prefix(&root).unwrap().display().to_string())
         .collect();
     let listed = potfiles();
@@ -66,7 +70,7 @@ fn potfiles_lists_every_source_file_with_translatable_strings() {
         listed.into_iter().partition(|f| f.starts_with("src/"));
     assert_eq!(
         sources, marked,
-        "po/POTFILES.in must list exactly the files with tr()/tr_f()"
+        "po/POTFILES.in must list exactly the files with tr()/tr_f() or translatable=\"yes\""
     );
     // And every desktop file and the metainfo, whose texts are translated too.
     let translatable_data: BTreeSet<String> = std::fs::read_dir(root.join("data"))
@@ -202,6 +206,18 @@ fn the_program_speaks_russian_and_chinese() {
     }
 }
 
+/// The strings a GtkBuilder file marks `translatable="yes"` (plain text only: the .ui files
+/// use no entities in them).
+fn ui_literals(text: &str) -> Vec<String> {
+    text.split("translatable=\"yes\"")
+        .skip(1)
+        .filter_map(|rest| {
+            let body = &rest[rest.find('>')? + 1..];
+            Some(body[..body.find('<')?].to_string())
+        })
+        .collect()
+}
+
 /// The string literals passed to `tr(…)` / `tr_f(…)` in a source file, as written (escapes
 /// kept, which is also how a .pot file writes them).
 fn marked_literals(text: &str) -> Vec<String> {
@@ -267,7 +283,12 @@ fn every_marked_string_is_extracted() {
     let mut missing = Vec::new();
     for file in potfiles() {
         let text = std::fs::read_to_string(manifest_dir().join(&file)).unwrap();
-        for lit in marked_literals(&text) {
+        let lits = if file.ends_with(".ui") {
+            ui_literals(&text)
+        } else {
+            marked_literals(&text)
+        };
+        for lit in lits {
             if !msgids.contains(&lit) {
                 missing.push(format!("{file}: {lit}"));
             }

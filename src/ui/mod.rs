@@ -1,9 +1,11 @@
-//! Widgets only: the prompt, the status window, and the sentences notifications carry. They
-//! act through the application's actions and know nothing of libvirt or the images.
+//! Widgets only: the prompt, the status window (its layout in `.ui` files compiled into a
+//! gresource), and the sentences notifications carry. They act through the application's
+//! actions and know nothing of libvirt or the images.
 
 pub mod notice;
 pub mod prompt;
+mod resources;
 pub mod status;
+mod vm_row;
 
-/// Registers the compiled resources (the status window's layout) once per process.
-pub fn register_resources() {}
+pub use resources::register_resources;
