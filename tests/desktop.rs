@@ -176,6 +176,14 @@ fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
     hook.wait("the prompt to go away", Duration::from_secs(10), |v| {
         is(v, "prompt-closed", demo::DOMAIN)
     });
+    // Closed from code, the prompt answered nothing: the only response so far is the first
+    // prompt's Commit (closing it used to send its close response, "Later").
+    assert_eq!(
+        hook.count(|v| is(v, "prompt-response", demo::DOMAIN)),
+        1,
+        "{:?}",
+        hook.events()
+    );
     common_wait(
         || xdotool(&s, &["search", "--onlyvisible", "--name", "has shut down"]).is_empty(),
         "the dialog to be unmapped",
@@ -590,4 +598,51 @@ fn without_a_tray_host_it_still_prompts_and_says_how_to_get_a_tray() {
         1,
         "said once"
     );
+}
+
+/// A VM whose changes cannot be committed or discarded is shown with the very sentence
+/// `vmoverlay commit` prints for it, and the status window offers no action for it.
+#[test]
+fn x11_refused_vms_show_the_clis_reason_in_the_status_window() {
+    let bed = testbed_shared();
+    let s = Session::start(Kind::X11);
+    // An internal snapshot in the overlay (exit 12), and a disk defined as raw (exit 4).
+    let snap = common::vm_state::StateVm::shut_off(&bed.uri, "vmo-ui-snapshot");
+    common::images::qemu_img(&["snapshot", "-c", "kept", snap.overlay.to_str().unwrap()]);
+    let raw = common::vm_state::StateVm::shut_off(&bed.uri, "vmo-ui-raw");
+    raw.edit_xml(|xml| xml.replace("type='qcow2'", "type='raw'"));
+    let (_app, hook) = start_app(&s, &["--connect", &bed.uri]);
+    hook.wait("tray-ready", Duration::from_secs(20), |v| {
+        v["event"] == "tray-ready"
+    });
+    let item = our_item(&s);
+    let layout = wait_menu(&s, &item, "the refused VMs", |l| {
+        l.iter().any(|t| t.starts_with("vmo-ui-snapshot"))
+            && l.iter().any(|t| t.starts_with("vmo-ui-raw"))
+    });
+    s.click(&item, find_item(&layout, "", "Show status").unwrap());
+    let state = s.home.join(".local/state/vmoverlay");
+    for (vm, code) in [(&snap, 12), (&raw, 4)] {
+        let row = hook.wait("its row with the reason", Duration::from_secs(30), |v| {
+            is(v, "status-row", &vm.name) && v["extra"]["blocked"].is_string()
+        });
+        assert_eq!(row["extra"]["can_act"], false, "{row}");
+        let shown = row["extra"]["blocked"].as_str().unwrap().to_string();
+        assert!(
+            row["extra"]["subtitle"].as_str().unwrap().contains(&shown),
+            "{row}"
+        );
+        let cli = common::vm_state::vmoverlay(
+            &state,
+            &["commit", &vm.name, "--yes", "--connect", &bed.uri],
+        );
+        assert_eq!(cli.code, code, "{cli:?}");
+        assert_eq!(
+            cli.stderr.trim().strip_prefix("vmoverlay: "),
+            Some(shown.as_str()),
+            "the status window and the CLI say the same"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    s.screenshot("x11-status-refused.png");
 }

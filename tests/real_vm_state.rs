@@ -328,3 +328,59 @@ fn a_pool_volume_over_the_same_base_used_by_no_domain_blocks_commit_only() {
         &[pool.dir.path()],
     );
 }
+
+/// The rebuild's window made deterministic: the operation pauses with QEMU's locks on the old
+/// overlay held and the new overlay ready (a test hook); a guest started at that moment fails to
+/// start cleanly, and the operation then completes with nothing lost. Before the locks were
+/// held, that guest ran on the old overlay and everything it wrote was unlinked with it.
+#[test]
+fn a_guest_started_while_its_overlay_is_replaced_fails_to_start_cleanly() {
+    let bed = testbed_shared();
+    for op in ["discard", "commit"] {
+        let vm = StateVm::shut_off(&bed.uri, &format!("vmo-st-window-{op}"));
+        let state = state_dir();
+        let (go, hook) = (state.path().join("go"), state.path().join("hook.jsonl"));
+        let child = std::process::Command::new(common::bin())
+            .args([op, vm.name.as_str(), "--yes", "--connect", bed.uri.as_str()])
+            .env("LC_ALL", "C")
+            .env("VMOVERLAY_STATE_DIR", state.path())
+            .env("VMOVERLAY_CONFIG_DIR", state.path().join("config"))
+            .env("VMOVERLAY_TEST_HOOK", &hook)
+            .env("VMOVERLAY_TEST_PAUSE_BEFORE_REPLACE", &go)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !std::fs::read_to_string(&hook).is_ok_and(|h| h.contains("before-replace")) {
+            assert!(std::time::Instant::now() < deadline, "{op} never paused");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let start = std::process::Command::new("virsh")
+            .args(["-q", "-c", &bed.uri, "start", &vm.name])
+            .output()
+            .unwrap();
+        let why = String::from_utf8_lossy(&start.stderr);
+        assert!(!start.status.success(), "{op}: the guest started");
+        assert!(why.contains("lock"), "{op}: {why}");
+        assert!(vm.domstate().starts_with("shut off"), "{op}");
+        std::fs::write(&go, "").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{op}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            changed(&vm.overlay),
+            0,
+            "{op}: the overlay is rebuilt empty"
+        );
+        assert_eq!(
+            reads_pattern(&vm.base, 0x5a, "0", "1M"),
+            op == "commit",
+            "{op}: the guest's data is where the operation put it"
+        );
+    }
+}

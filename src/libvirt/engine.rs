@@ -684,6 +684,14 @@ impl ImageEngine for LibvirtEngine {
             esc(&disk.base.to_string_lossy()),
             esc(&disk.base_format),
         );
+        // Where the overlay is readable here, QEMU's locks on it are held until it is gone:
+        // a guest started meanwhile fails to start instead of writing into it.
+        let _held = if self.local && std::fs::File::open(&disk.overlay).is_ok() {
+            Some(crate::overlay::image::hold_qemu_locks(&disk.overlay).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        crate::overlay::image::test_pause_before_replace(&disk.overlay);
         // No rename in the volume API: delete, then create. The journal's rebuild phase
         // covers the moment in between (a resume creates the missing overlay).
         if let Some((vol, _)) = old {

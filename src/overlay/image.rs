@@ -166,6 +166,67 @@ pub fn is_locked(path: &Path) -> Result<bool, String> {
     Ok(probe.l_type != libc::F_UNLCK as libc::c_short)
 }
 
+/// QEMU's own image locks, held by this process: shared locks on the bytes QEMU locks, as
+/// QEMU itself takes them. While they are held, a QEMU that opens the image (a guest being
+/// started) fails cleanly with "Failed to get "write" lock" instead of running on a file about
+/// to be replaced. Released when dropped (the file is closed).
+#[derive(Debug)]
+pub struct QemuLocks {
+    _file: std::fs::File,
+}
+
+/// Takes QEMU's locks on `path`, then makes sure nobody else holds any (locks of this open
+/// file never conflict with the probe, so whoever held them before is seen, and whoever comes
+/// after is refused by QEMU).
+pub fn hold_qemu_locks(path: &Path) -> Result<QemuLocks, OpError> {
+    let file = std::fs::File::open(path).map_err(|e| OpError::NotFound {
+        what: format!("{}: {e}", path.display()),
+    })?;
+    let lock = libc::flock {
+        l_type: libc::F_RDLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: QEMU_LOCK_RANGE.0,
+        l_len: QEMU_LOCK_RANGE.1 - QEMU_LOCK_RANGE.0,
+        l_pid: 0,
+    };
+    nix::fcntl::fcntl(file.as_raw_fd(), nix::fcntl::FcntlArg::F_OFD_SETLK(&lock)).map_err(
+        |_| OpError::Locked {
+            path: path.to_path_buf(),
+        },
+    )?;
+    let mut probe = libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        ..lock
+    };
+    nix::fcntl::fcntl(
+        file.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_OFD_GETLK(&mut probe),
+    )
+    .map_err(|e| OpError::NotFound {
+        what: format!("{}: cannot probe locks: {e}", path.display()),
+    })?;
+    if probe.l_type != libc::F_UNLCK as libc::c_short {
+        return Err(OpError::Locked {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(QemuLocks { _file: file })
+}
+
+/// Tests only (`VMOVERLAY_TEST_PAUSE_BEFORE_REPLACE=FILE`): with QEMU's locks held and the new
+/// overlay ready, says so on the test hook and waits until FILE exists, so a test can start
+/// the guest at exactly that moment.
+pub fn test_pause_before_replace(overlay: &Path) {
+    let Some(go) = std::env::var_os("VMOVERLAY_TEST_PAUSE_BEFORE_REPLACE") else {
+        return;
+    };
+    crate::hook::emit_global("before-replace", serde_json::json!({ "overlay": overlay }));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !Path::new(&go).exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Free bytes for an unprivileged writer on the filesystem holding `path`.
 pub fn free_space(path: &Path) -> Result<u64, String> {
     let st = nix::sys::statvfs::statvfs(path).map_err(|e| format!("{}: {e}", path.display()))?;

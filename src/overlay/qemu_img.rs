@@ -213,9 +213,12 @@ pub fn check_image(base: &Path, format: &str) -> Result<(), String> {
 }
 
 /// Replaces the overlay by an empty one with the same backing reference (relative stays
-/// relative), backing format, virtual size, cluster size, owner, group and mode.
+/// relative), backing format, virtual size, cluster size, owner, group and mode. QEMU's locks
+/// on the old overlay are held until it is replaced: a guest started meanwhile fails to start
+/// instead of writing to a file that is about to be unlinked.
 pub fn rebuild(disk: &ManagedDisk) -> Result<(), String> {
     let overlay = &disk.overlay;
+    let _held = image::hold_qemu_locks(overlay).map_err(|e| e.to_string())?;
     let dir = overlay.parent().ok_or("overlay has no directory")?;
     let name = overlay
         .file_name()
@@ -252,6 +255,7 @@ pub fn rebuild(disk: &ManagedDisk) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
+    image::test_pause_before_replace(overlay);
     let finish = || -> std::io::Result<()> {
         std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
