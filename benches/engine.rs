@@ -100,6 +100,7 @@ fn main() {
                 uri: "none".into(),
                 domain: "bench".into(),
                 disk: inspect_overlay("vda", &ov_a).unwrap(),
+                firmware: None,
             };
             let t = Instant::now();
             ops::run(&req, &NoDomain, &journal, &mut |_| {}).unwrap();

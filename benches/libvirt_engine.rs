@@ -58,6 +58,7 @@ fn commit(uri: &str, name: &str, kind: Engine, journal: &Journal) -> Duration {
         uri: uri.into(),
         domain: name.into(),
         disk,
+        firmware: None,
     };
     ops::run(&req, &check, journal, &mut |_| {}).unwrap();
     t.elapsed()

@@ -439,6 +439,7 @@ impl Application {
                     Ok::<_, crate::overlay::OpError>(Inspection {
                         changed: a.changed,
                         blocked: a.blocked,
+                        discard_blocked: a.discard_blocked,
                     })
                 })
                 .await;
@@ -447,6 +448,7 @@ impl Application {
                     Ok(Err(e)) => Inspection {
                         changed: None,
                         blocked: Some(e),
+                        discard_blocked: None,
                     },
                     Err(_) => Inspection::default(),
                 };
@@ -471,7 +473,15 @@ impl Application {
                             }
                         })?,
                     };
-                    jobs::plan(&plan_ctx, &conn, &k.uri, &k.name, op, None)
+                    jobs::plan(
+                        &plan_ctx,
+                        &conn,
+                        &k.uri,
+                        &k.name,
+                        op,
+                        None,
+                        jobs::Firmware::FollowDisk,
+                    )
                 })
                 .await
                 .unwrap_or_else(|_| {
@@ -602,6 +612,7 @@ impl Application {
                     key: r.key.clone(),
                     label: format!("{} — {}", r.key.name, r.subtitle),
                     can_act: r.can_act,
+                    can_discard: r.can_discard,
                 })
                 .collect();
         }

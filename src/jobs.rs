@@ -15,8 +15,8 @@ use virt::connect::Connect;
 
 use crate::libvirt::domains::{self, LibvirtCheck};
 use crate::overlay::{
-    ops, DomainCheck, DomainDisks, EngineChoice, Journal, ManagedDisk, OpError, OpKind, Outcome,
-    Pin, Progress, Record, Request, SkipReason,
+    image, ops, DomainCheck, DomainDisks, EngineChoice, FirmwareRestore, FirmwareStore, Journal,
+    ManagedDisk, OpError, OpKind, Outcome, Pin, Progress, Record, Request, SkipReason,
 };
 use crate::units::human_bytes;
 
@@ -58,6 +58,11 @@ impl Context {
         Ok(pins)
     }
 
+    /// Where the firmware variables that go with each VM's base are kept.
+    pub fn firmware(&self) -> FirmwareStore {
+        FirmwareStore::beside(self.journal.dir())
+    }
+
     /// The domain check of `vm` on `conn`, knowing this context's other connections.
     pub fn check(&self, conn: &Connect, uri: &str, vm: &str) -> LibvirtCheck {
         LibvirtCheck::new(conn.clone(), uri, vm).with_others(self.others.clone())
@@ -85,6 +90,40 @@ pub struct Plan {
     pub conn: Connect,
     /// Each disk's request and the bytes its overlay holds now.
     pub disks: Vec<(Request, u64)>,
+    /// A whole-VM commit of a UEFI VM: its variables are recorded as the base's afterwards.
+    pub record_firmware: Option<(String, std::path::PathBuf)>,
+}
+
+/// How a discard treats a UEFI VM's firmware variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Firmware {
+    /// Put back the variables that go with the base (refuse when they are not known).
+    #[default]
+    FollowDisk,
+    /// Keep the current variables (`discard --keep-firmware`).
+    Keep,
+}
+
+/// The firmware variables `vm` has and whether this process can keep them in step:
+/// `Ok(None)` for a VM without UEFI variables.
+fn firmware_of(
+    check: &dyn DomainCheck,
+    vm: &str,
+) -> Result<Option<(String, std::path::PathBuf)>, OpError> {
+    let Some(nvram) = check.nvram() else {
+        return Ok(None);
+    };
+    let unreachable = |reason: String| OpError::FirmwareUnreachable {
+        vm: vm.to_string(),
+        nvram: nvram.clone(),
+        reason,
+    };
+    let uuid = check
+        .uuid()
+        .ok_or_else(|| unreachable("the domain has no UUID".into()))?;
+    std::fs::File::open(&nvram).map_err(|e| unreachable(e.to_string()))?;
+    image::is_writable(&nvram).map_err(unreachable)?;
+    Ok(Some((uuid, nvram)))
 }
 
 impl Plan {
@@ -163,16 +202,46 @@ pub fn plan(
     vm: &str,
     op: OpKind,
     only: Option<&str>,
+    firmware: Firmware,
 ) -> Result<Plan, OpError> {
     let found = find(ctx, conn, uri, vm)?;
     let disks = chosen_disks(vm, &found.disks, only)?;
+    // The firmware variables follow the whole VM's disks, not one disk of several.
+    let whole_vm = disks.len() == found.disks.managed.len();
+    let uefi = match (whole_vm, firmware) {
+        (true, Firmware::FollowDisk) => firmware_of(&found.check, vm),
+        (true, Firmware::Keep) if op == OpKind::Commit => firmware_of(&found.check, vm),
+        _ => Ok(None),
+    };
+    let mut restore = None;
+    let mut record_firmware = None;
+    match op {
+        OpKind::Discard => {
+            if let Some((uuid, nvram)) = uefi? {
+                if !ctx.firmware().known(&uuid) {
+                    return Err(OpError::FirmwareUnknown {
+                        vm: vm.to_string(),
+                        nvram,
+                    });
+                }
+                restore = Some(FirmwareRestore {
+                    from: ctx.firmware().path_for(&uuid),
+                    nvram,
+                });
+            }
+        }
+        // A commit keeps the variables; it only records them when it can.
+        OpKind::Commit => record_firmware = uefi.ok().flatten(),
+    }
+    let last = disks.len().saturating_sub(1);
     let mut planned = Vec::new();
-    for disk in disks {
+    for (i, disk) in disks.into_iter().enumerate() {
         let req = Request {
             op,
             uri: uri.to_string(),
             domain: vm.to_string(),
             disk,
+            firmware: if i == last { restore.clone() } else { None },
         };
         // An interrupted commit that waits for the user's word: committing finishes it.
         if op == OpKind::Commit && resumable_commit(&ctx.journal, &req.disk.overlay).is_some() {
@@ -189,6 +258,7 @@ pub fn plan(
         vm: vm.to_string(),
         conn: conn.clone(),
         disks: planned,
+        record_firmware,
     })
 }
 
@@ -197,11 +267,13 @@ fn resumable_commit(journal: &Journal, overlay: &Path) -> Option<Record> {
 }
 
 /// What blocks `vm` now, and the bytes its overlays hold: for the status window, the tray,
-/// the prompt and `status --json`. `Err` only when the VM cannot be looked at at all.
+/// the prompt and `status --json`.
 pub struct Assessment {
     pub changed: Option<u64>,
     /// Why neither Commit nor Discard may be offered (the sentence `commit` would print).
     pub blocked: Option<OpError>,
+    /// Why Discard (only) may not be offered: the firmware variables cannot follow the disk.
+    pub discard_blocked: Option<OpError>,
 }
 
 /// Looks at `vm` without writing or locking anything. Blocking.
@@ -212,6 +284,7 @@ pub fn assess(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Assessment 
             return Assessment {
                 changed: None,
                 blocked: Some(e),
+                discard_blocked: None,
             }
         }
     };
@@ -226,6 +299,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
             return Assessment {
                 changed: None,
                 blocked: Some(e),
+                discard_blocked: None,
             }
         }
     };
@@ -238,6 +312,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
                 return Assessment {
                     changed: None,
                     blocked: Some(e),
+                    discard_blocked: None,
                 }
             }
         }
@@ -258,9 +333,27 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
             }
         }
     }
+    let discard_blocked = match firmware_of(&found.check, vm) {
+        Ok(None) => None,
+        Err(e) => Some(e),
+        Ok(Some((uuid, nvram))) => {
+            let store = ctx.firmware();
+            if !store.known(&uuid) && changed == 0 && blocked.is_none() {
+                // Disks and base agree now: these are the variables that go with the base.
+                if let Err(e) = store.record(&uuid, &nvram) {
+                    log::warn!("{vm}: recording its firmware variables: {e}");
+                }
+            }
+            (!store.known(&uuid)).then(|| OpError::FirmwareUnknown {
+                vm: vm.to_string(),
+                nvram,
+            })
+        }
+    };
     Assessment {
         changed: Some(changed),
         blocked,
+        discard_blocked,
     }
 }
 
@@ -305,6 +398,21 @@ pub fn spawn(plan: Plan, ctx: &Context) -> async_channel::Receiver<Event> {
 }
 
 fn run(
+    plan: &Plan,
+    ctx: &Context,
+    progress: &mut dyn FnMut(&str, Progress),
+) -> Result<Done, OpError> {
+    let done = run_disks(plan, ctx, progress)?;
+    if let Some((uuid, nvram)) = &plan.record_firmware {
+        // The base now holds what the firmware variables were written with.
+        if let Err(e) = ctx.firmware().record(uuid, nvram) {
+            log::warn!("{}: recording its firmware variables: {e}", plan.vm);
+        }
+    }
+    Ok(done)
+}
+
+fn run_disks(
     plan: &Plan,
     ctx: &Context,
     progress: &mut dyn FnMut(&str, Progress),

@@ -90,6 +90,8 @@ pub struct Decision {
     /// Why the stop was not a clean shutdown ("destroyed", "crashed", …): the disk may be
     /// inconsistent, so Discard is suggested.
     pub forced: Option<String>,
+    /// Why Discard is not offered (the firmware variables could not follow the disk).
+    pub no_discard: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +119,8 @@ pub struct Vm {
     pub blocked: Option<String>,
     /// The typed refusal behind [`Vm::blocked`].
     pub blocked_by: Option<OpError>,
+    /// Why Discard (only) is not offered: the sentence `vmoverlay discard` prints.
+    pub discard_blocked: Option<String>,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
@@ -136,13 +140,15 @@ pub enum InspectReason {
 pub struct Inspection {
     pub changed: Option<u64>,
     pub blocked: Option<OpError>,
+    /// Discard alone would be refused (a UEFI VM whose base's variables are not known).
+    pub discard_blocked: Option<OpError>,
 }
 
 impl Inspection {
     pub fn changed(n: u64) -> Inspection {
         Inspection {
             changed: Some(n),
-            blocked: None,
+            ..Default::default()
         }
     }
 }
@@ -397,6 +403,7 @@ impl Machine {
         let vm = self.vm(&key);
         vm.blocked = found.blocked.as_ref().map(|e| e.to_string());
         vm.blocked_by = found.blocked.clone();
+        vm.discard_blocked = found.discard_blocked.as_ref().map(|e| e.to_string());
         vm.changed = found.changed;
         let Some(changed) = found.changed else {
             if let Some(why) = &found.blocked {
@@ -423,7 +430,11 @@ impl Machine {
             InspectReason::Stopped { forced } => forced.clone(),
             _ => vm.decision.as_ref().and_then(|d| d.forced.clone()),
         };
-        let decision = Decision { changed, forced };
+        let decision = Decision {
+            changed,
+            forced,
+            no_discard: vm.discard_blocked.clone(),
+        };
         vm.decision = Some(decision.clone());
         if vm.active || vm.job.is_some() || !matches!(reason, InspectReason::Stopped { .. }) {
             // Startup and refreshes only mark it pending: never a burst of dialogs.
@@ -434,7 +445,9 @@ impl Machine {
                 vm.decision = None;
                 Vec::new()
             }
-            (Policy::AlwaysDiscard, _) => self.start_job(key, OpKind::Discard),
+            (Policy::AlwaysDiscard, _) if decision.no_discard.is_none() => {
+                self.start_job(key, OpKind::Discard)
+            }
             // A forced-off guest's disk may be inconsistent: ask even if "always commit".
             (Policy::AlwaysCommit, None) => self.start_job(key, OpKind::Commit),
             _ => {
@@ -447,6 +460,9 @@ impl Machine {
     fn start_job(&mut self, key: VmKey, op: OpKind) -> Vec<Effect> {
         let vm = self.vm(&key);
         if vm.job.is_some() || vm.active || vm.blocked.is_some() {
+            return Vec::new();
+        }
+        if op == OpKind::Discard && vm.discard_blocked.is_some() {
             return Vec::new();
         }
         vm.job = Some(Job { op, progress: 0.0 });
@@ -600,7 +616,8 @@ mod tests {
                 key: key("a"),
                 decision: Decision {
                     changed: 1 << 30,
-                    forced: None
+                    forced: None,
+                    no_discard: None,
                 }
             }]
         );
@@ -643,7 +660,11 @@ mod tests {
                 out,
                 vec![Effect::ShowPrompt {
                     key: key("a"),
-                    decision: Decision { changed: 5, forced }
+                    decision: Decision {
+                        changed: 5,
+                        forced,
+                        no_discard: None
+                    }
                 }]
             );
         }
@@ -895,6 +916,7 @@ mod tests {
                 found: Inspection {
                     changed: Some(4096),
                     blocked: Some(blocked.clone()),
+                    discard_blocked: None,
                 },
             });
             assert_eq!(
@@ -921,5 +943,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn discard_is_neither_offered_nor_automatic_when_the_firmware_cannot_follow() {
+        let no_fw = OpError::FirmwareUnknown {
+            vm: "a".into(),
+            nvram: "/nvram/a_VARS.fd".into(),
+        };
+        let mut m = Machine::new([(key("a"), Policy::AlwaysDiscard)].into());
+        m.handle(ev("a", 2, 0));
+        m.handle(ev("a", 5, 0));
+        let out = m.handle(Input::Inspected {
+            key: key("a"),
+            reason: stopped_clean(),
+            found: Inspection {
+                changed: Some(7),
+                blocked: None,
+                discard_blocked: Some(no_fw.clone()),
+            },
+        });
+        // "Always discard" asks instead, with Discard not among the answers.
+        assert_eq!(
+            out,
+            vec![Effect::ShowPrompt {
+                key: key("a"),
+                decision: Decision {
+                    changed: 7,
+                    forced: None,
+                    no_discard: Some(no_fw.to_string()),
+                }
+            }]
+        );
+        let out = m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Discard,
+            remember: false,
+        });
+        assert!(out.is_empty(), "{out:?}");
+        let out = m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Commit,
+            remember: false,
+        });
+        assert!(out.contains(&Effect::StartJob {
+            key: key("a"),
+            op: OpKind::Commit
+        }));
     }
 }

@@ -22,6 +22,7 @@ pub struct TrayVm {
     /// e.g. "tiny — shut off, 1.2 GiB changed (decision pending)"
     pub label: String,
     pub can_act: bool,
+    pub can_discard: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -164,7 +165,7 @@ impl ksni::Tray for VmTray {
                         .into(),
                         StandardItem {
                             label: tr("Discard now"),
-                            enabled: vm.can_act,
+                            enabled: vm.can_discard,
                             activate: Box::new(move |t: &mut Self| {
                                 let _ = t.tx.try_send(TrayAction::Discard(discard_key.clone()));
                             }),

@@ -50,6 +50,7 @@ fn request(s: &Setup, op: OpKind) -> Request {
         uri: "none".into(),
         domain: "images-only".into(),
         disk: inspect_overlay("vda", &s.overlay).unwrap(),
+        firmware: None,
     }
 }
 
@@ -251,6 +252,7 @@ fn journal_interrupted_discard(s: &Setup) {
         phase: vmoverlay::overlay::Phase::Rebuilding,
         overlay_stamp: vmoverlay::overlay::Stamp::of(&s.overlay).ok(),
         started: "2026-11-22T00:00:00Z".into(),
+        firmware: None,
     };
     s.journal.begin(&rec).unwrap();
 }
@@ -403,6 +405,7 @@ fn no_space_for_the_commit_is_refused() {
         uri: "none".into(),
         domain: "images-only".into(),
         disk: inspect_overlay("vda", &overlay).unwrap(),
+        firmware: None,
     };
     let err = ops::run(&req, &NoDomain, &s.journal, &mut |_| {}).unwrap_err();
     assert_eq!(err.exit_code(), 8, "{err}");

@@ -474,3 +474,96 @@ fn kill_sweep(engine: &str, delays_ms: &[u64]) {
 fn qemu_io_write(path: &Path, cmd: &str) {
     common::images::qemu_io(path, &[cmd]);
 }
+
+/// A real UEFI guest (Debian's OVMF, direct kernel boot): its firmware variables follow its
+/// disk. A discard puts back the variables recorded when the disk and the base last agreed (a
+/// commit records them); without such a record a discard is refused (exit 15) unless told to
+/// keep them; `--keep-firmware` keeps them as they are.
+#[test]
+fn a_uefi_guests_firmware_variables_follow_its_disk() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let name = "vmo-st-uefi";
+    let behaviour = Behaviour {
+        marker: Some("UEFI-SESSION".into()),
+        ..Default::default()
+    };
+    let vm = StateVm::define(&bed.uri, name, &behaviour);
+    let nvram = vm.dir.path().join(format!("{name}_VARS.fd"));
+    for f in ["OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"] {
+        assert!(
+            Path::new("/usr/share/OVMF").join(f).is_file(),
+            "this test needs Debian's ovmf package (tests/testbed/testbed.sh install)"
+        );
+    }
+    vm.edit_xml(|xml| {
+        xml.replacen(
+            "</os>",
+            &format!(
+                "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+                 <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{}</nvram></os>",
+                nvram.display()
+            ),
+            1,
+        )
+    });
+    let uri = bed.uri.as_str();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--connect", uri]);
+        vmoverlay(state.path(), &all)
+    };
+    // A session through the firmware: libvirt creates the variables from the template, OVMF
+    // writes its own, the guest writes to its disk.
+    vm.boot_to_power_off();
+    assert!(nvram.is_file(), "libvirt made the variables file");
+    let template = std::fs::read("/usr/share/OVMF/OVMF_VARS_4M.fd").unwrap();
+    let after_first = std::fs::read(&nvram).unwrap();
+    assert_ne!(after_first, template, "the firmware wrote its variables");
+    // Nothing recorded yet: a discard would keep the session's variables with the base's disk.
+    let refused = run(&["discard", name, "--yes"]);
+    assert_eq!(refused.code, 15, "{refused:?}");
+    assert!(refused.stderr.contains("--keep-firmware"), "{refused:?}");
+    assert!(
+        reads_pattern(&vm.overlay, 0x5a, "0", "1M"),
+        "nothing discarded"
+    );
+    let status = status_json(state.path(), uri, name);
+    assert!(
+        blocked(&status).is_empty(),
+        "commit stays offered: {status}"
+    );
+    assert_eq!(status["discard_blocked"]["kind"], "firmware-variables");
+    assert_eq!(status["discard_blocked"]["exit_code"], 15);
+    // A commit keeps the variables and records them as the base's.
+    let commit = run(&["commit", name, "--yes"]);
+    assert_eq!(commit.code, 0, "{commit:?}");
+    let recorded = std::fs::read(&nvram).unwrap();
+    assert_eq!(recorded, after_first, "a commit leaves the variables alone");
+    // The next session changes them again; its discard puts back the recorded ones.
+    vm.boot_to_power_off();
+    let after_second = std::fs::read(&nvram).unwrap();
+    assert_ne!(
+        after_second, recorded,
+        "the second boot wrote variables too"
+    );
+    assert!(changed(&vm.overlay) > 0);
+    let base_before = checksum(&vm.base);
+    let discard = run(&["discard", name, "--yes"]);
+    assert_eq!(discard.code, 0, "{discard:?}");
+    assert_eq!(changed(&vm.overlay), 0);
+    assert_eq!(checksum(&vm.base), base_before);
+    assert_eq!(
+        std::fs::read(&nvram).unwrap(),
+        recorded,
+        "the variables that go with the base are back"
+    );
+    // --keep-firmware keeps what the session wrote.
+    vm.boot_to_power_off();
+    let after_third = std::fs::read(&nvram).unwrap();
+    let keep = run(&["discard", name, "--yes", "--keep-firmware"]);
+    assert_eq!(keep.code, 0, "{keep:?}");
+    assert_eq!(std::fs::read(&nvram).unwrap(), after_third);
+    // And the guest still boots on what it was left with.
+    vm.boot_to_power_off();
+}

@@ -82,6 +82,7 @@ fn row(name: &str, subtitle: &str, can_act: bool) -> Row {
         subtitle: subtitle.into(),
         progress: None,
         can_act,
+        can_discard: can_act,
         last: None,
         blocked: None,
     }

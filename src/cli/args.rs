@@ -96,7 +96,15 @@ pub enum Command {
     #[command(about = help::commit())]
     Commit(OpArgs),
     #[command(about = help::discard())]
-    Discard(OpArgs),
+    Discard(DiscardArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DiscardArgs {
+    #[command(flatten)]
+    pub op: OpArgs,
+    #[arg(long, help = help::keep_firmware())]
+    pub keep_firmware: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -180,6 +188,10 @@ mod help {
 
     pub fn yes() -> String {
         tr("Do not ask for confirmation (required when not on a terminal)")
+    }
+
+    pub fn keep_firmware() -> String {
+        tr("Keep a UEFI VM's firmware variables as they are, instead of putting back those that go with the base")
     }
 }
 

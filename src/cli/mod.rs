@@ -12,7 +12,7 @@ pub use args::{Cli, Command, Exit, EXIT_NOT_CONFIRMED, EXIT_USAGE};
 pub use watch::watch_line;
 
 use crate::i18n::tr_f;
-use crate::jobs::{self, Context};
+use crate::jobs::{self, Context, Firmware};
 use crate::libvirt;
 use crate::overlay::{OpError, OpKind};
 
@@ -23,8 +23,17 @@ pub fn run(cli: &Cli, command: &Command) -> i32 {
     match command {
         Command::Status { vm, json } => status::run(&ctx, &uris, vm.as_deref(), *json),
         Command::Watch { json } => watch::run(uris, *json) as i32,
-        Command::Commit(args) => operate::run(ctx, &uris, OpKind::Commit, args),
-        Command::Discard(args) => operate::run(ctx, &uris, OpKind::Discard, args),
+        Command::Commit(args) => {
+            operate::run(ctx, &uris, OpKind::Commit, args, Firmware::FollowDisk)
+        }
+        Command::Discard(args) => {
+            let firmware = if args.keep_firmware {
+                Firmware::Keep
+            } else {
+                Firmware::FollowDisk
+            };
+            operate::run(ctx, &uris, OpKind::Discard, &args.op, firmware)
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use super::args::{Exit, OpArgs, EXIT_NOT_CONFIRMED};
 use super::{not_found, open_all, recover_pending, refuse};
 use crate::i18n::{tr, tr_f};
-use crate::jobs::{self, Context, Event};
+use crate::jobs::{self, Context, Event, Firmware};
 use crate::overlay::{OpError, OpKind, Progress};
 use crate::units::human_bytes;
 
@@ -51,7 +51,13 @@ fn progress_line(target: &str, p: &Progress) -> String {
     }
 }
 
-pub fn run(mut ctx: Context, uris: &[String], op: OpKind, args: &OpArgs) -> i32 {
+pub fn run(
+    mut ctx: Context,
+    uris: &[String],
+    op: OpKind,
+    args: &OpArgs,
+    firmware: Firmware,
+) -> i32 {
     let conns = match open_all(uris) {
         Ok(c) => c,
         Err(code) => return code,
@@ -64,7 +70,15 @@ pub fn run(mut ctx: Context, uris: &[String], op: OpKind, args: &OpArgs) -> i32 
     else {
         return not_found(&args.vm, uris);
     };
-    let plan = match jobs::plan(&ctx, conn, uri, &args.vm, op, args.disk.as_deref()) {
+    let plan = match jobs::plan(
+        &ctx,
+        conn,
+        uri,
+        &args.vm,
+        op,
+        args.disk.as_deref(),
+        firmware,
+    ) {
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };

@@ -26,6 +26,8 @@ struct DomainReport {
     domain: libvirt::DomainSnapshot,
     disks: Result<(Vec<DiskReport>, Vec<SkippedDisk>), OpError>,
     blocked: Option<OpError>,
+    /// Only a discard would be refused (see [`jobs::Assessment::discard_blocked`]).
+    discard_blocked: Option<OpError>,
 }
 
 /// Maps `f` over `items` on a few threads, keeping the order. Discovery is bound by qemu-img
@@ -54,10 +56,10 @@ fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
 
 fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) -> DomainReport {
     let found = jobs::find(ctx, conn, uri, &d.name);
-    let (disks, blocked) = match found {
-        Err(e) => (Err(e), None),
+    let (disks, blocked, discard_blocked) = match found {
+        Err(e) => (Err(e), None, None),
         Ok(found) => {
-            let blocked = jobs::assess_found(ctx, &d.name, &found).blocked;
+            let assessed = jobs::assess_found(ctx, &d.name, &found);
             let managed = found
                 .disks
                 .managed
@@ -67,7 +69,11 @@ fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) 
                     disk: disk.clone(),
                 })
                 .collect();
-            (Ok((managed, found.disks.skipped)), blocked)
+            (
+                Ok((managed, found.disks.skipped)),
+                assessed.blocked,
+                assessed.discard_blocked,
+            )
         }
     };
     DomainReport {
@@ -75,6 +81,7 @@ fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) 
         domain: d,
         disks,
         blocked,
+        discard_blocked,
     }
 }
 
@@ -146,6 +153,11 @@ fn report_json(ctx: &Context, r: &DomainReport) -> serde_json::Value {
         "disks": managed,
         "skipped_disks": skipped,
         "blocked": blocked,
+        "discard_blocked": r.discard_blocked.as_ref().map(|e| json!({
+            "kind": e.blocking_kind(),
+            "message": e.to_string(),
+            "exit_code": e.exit_code(),
+        })),
         "error": error,
     })
 }
@@ -226,6 +238,9 @@ pub fn run(ctx: &Context, uris: &[String], only: Option<&str>, as_json: bool) ->
                 }
                 if let Some(e) = r.blocked.as_ref().filter(|_| !managed.is_empty()) {
                     let _ = writeln!(out, "    blocked: {e}");
+                }
+                if let Some(e) = &r.discard_blocked {
+                    let _ = writeln!(out, "    no discard: {e}");
                 }
             }
         }

@@ -236,6 +236,21 @@ impl LibvirtCheck {
     }
 }
 
+/// The `<os><nvram>` file of a domain definition.
+pub fn nvram_of(xml: &str) -> Option<PathBuf> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let os = doc
+        .root_element()
+        .children()
+        .find(|n| n.has_tag_name("os"))?;
+    let nvram = os.children().find(|n| n.has_tag_name("nvram"))?;
+    nvram
+        .text()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(PathBuf::from)
+}
+
 /// The file of volume `vol` in pool `pool`.
 fn volume_path(conn: &Connect, pool: &str, vol: &str) -> Option<PathBuf> {
     let pool = conn.lookup_storage_pool_by_name(pool).ok()?;
@@ -302,6 +317,15 @@ impl DomainCheck for LibvirtCheck {
             }
         }
         Ok(users)
+    }
+
+    fn nvram(&self) -> Option<PathBuf> {
+        let xml = self
+            .domain()
+            .ok()?
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+            .ok()?;
+        nvram_of(&xml)
     }
 
     fn uuid(&self) -> Option<String> {

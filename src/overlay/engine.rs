@@ -4,7 +4,7 @@
 //! operations in [`super::ops`] run the same preconditions, journal and progress whoever does
 //! the work, and so the overlay layer never touches libvirt itself.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::error::{OpError, SkipReason};
 use super::qemu_img::QemuImgEngine;
@@ -61,6 +61,10 @@ pub trait DomainCheck: Send {
     /// managed-save image, snapshots, checkpoints.
     fn ensure_no_saved_state(&self) -> Result<(), OpError> {
         Ok(())
+    }
+    /// The domain's UEFI variables file (`<nvram>`), if it has one.
+    fn nvram(&self) -> Option<PathBuf> {
+        None
     }
     /// The domain's UUID, so a journal record still finds it after a rename.
     fn uuid(&self) -> Option<String> {

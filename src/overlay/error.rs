@@ -164,6 +164,18 @@ pub enum OpError {
         overlay: PathBuf,
         base: PathBuf,
     },
+    /// A discard would leave firmware variables that do not go with the base, and the ones
+    /// that do are not known.
+    FirmwareUnknown {
+        vm: String,
+        nvram: PathBuf,
+    },
+    /// The firmware variables cannot be read or put back by this process.
+    FirmwareUnreachable {
+        vm: String,
+        nvram: PathBuf,
+        reason: String,
+    },
     /// Failed after it started writing. `data` says where the guest's data is now.
     Failed {
         op: super::OpKind,
@@ -220,6 +232,7 @@ impl OpError {
             Self::Snapshots { .. } | Self::InternalSnapshots { .. } => 12,
             Self::Checkpoints { .. } | Self::Bitmaps { .. } => 13,
             Self::BackingMismatch { .. } => 14,
+            Self::FirmwareUnknown { .. } | Self::FirmwareUnreachable { .. } => 15,
         }
     }
 
@@ -233,6 +246,7 @@ impl OpError {
             Self::Checkpoints { .. } => "checkpoints",
             Self::Bitmaps { .. } => "bitmaps",
             Self::BackingMismatch { .. } => "backing-mismatch",
+            Self::FirmwareUnknown { .. } | Self::FirmwareUnreachable { .. } => "firmware-variables",
             Self::Busy { .. } | Self::InterruptedAndWritten { .. } => "pending-operation",
             Self::NoManagedDisk { .. } | Self::DiskNotManaged { .. } => "not-managed",
             _ => return None,
@@ -288,6 +302,8 @@ impl std::fmt::Display for OpError {
             Self::Bitmaps { path, names } => tr_f("{path} holds persistent dirty bitmaps ({names}) that a backup tool relies on; they would be lost. Nothing was changed. Remove them with `qemu-img bitmap --remove {path} NAME` if they are no longer needed.", &[("path", &p(path)), ("names", &names.join(", "))]),
             Self::BackingMismatch { vm, overlay, xml_base, header_base } => tr_f("the definition of {vm} says the backing file of {overlay} is {xml_base}, but the image itself says {header_base}; QEMU would use the definition's. Nothing was changed. Make them agree (`virsh edit {vm}` or `qemu-img rebase -u`).", &[("vm", vm), ("overlay", &p(overlay)), ("xml_base", &p(xml_base)), ("header_base", &p(header_base))]),
             Self::InterruptedAndWritten { vm, overlay, base } => tr_f("an interrupted commit of {overlay} was not finished, because the overlay was written since ({vm} ran). The guest's data is intact: {overlay} holds all of it, and {base} holds part of the earlier session. Commit again to finish (`vmoverlay commit {vm}`); a discard is refused until then, because the base alone is not consistent.", &[("vm", vm), ("overlay", &p(overlay)), ("base", &p(base))]),
+            Self::FirmwareUnknown { vm, nvram } => tr_f("the UEFI variables of {vm} ({nvram}) that go with its base are not known, so a discard would keep what its discarded sessions wrote there (boot entries, Secure Boot state). Nothing was changed. Commit once (VM Overlay then records them), or discard with --keep-firmware to keep the current variables.", &[("vm", vm), ("nvram", &p(nvram))]),
+            Self::FirmwareUnreachable { vm, nvram, reason } => tr_f("the UEFI variables of {vm} ({nvram}) cannot be kept in step with its disk from here ({reason}). Nothing was changed. Run VM Overlay as a user who can read and write them, or discard with --keep-firmware to keep the current variables.", &[("vm", vm), ("nvram", &p(nvram)), ("reason", reason)]),
             Self::Failed { op, overlay, detail, data } => failed_sentence(*op, overlay, detail, data),
         };
         f.write_str(&text)

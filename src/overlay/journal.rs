@@ -23,6 +23,9 @@ pub struct Record {
     pub phase: Phase,
     pub overlay_stamp: Option<Stamp>,
     pub started: String,
+    /// Firmware variables to put back once the overlay is rebuilt (a discard).
+    #[serde(default)]
+    pub firmware: Option<super::firmware::FirmwareRestore>,
 }
 
 #[derive(Debug, Clone)]
@@ -188,6 +191,7 @@ mod tests {
             phase: Phase::Committing,
             overlay_stamp: None,
             started: "2026-11-22T00:00:00Z".into(),
+            firmware: None,
         }
     }
 

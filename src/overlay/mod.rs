@@ -9,11 +9,13 @@
 //! - [`engine`]: the [`ImageEngine`] and [`DomainCheck`] traits;
 //! - [`qemu_img`]: the `qemu-img` engine (the libvirt one is `crate::libvirt::engine`);
 //! - [`journal`]: the crash-safe record of operations in flight;
+//! - [`firmware`]: UEFI variables that follow the disks;
 //! - [`ops`]: the orchestration: preconditions, journal, writes, resume.
 
 pub mod discover;
 pub mod engine;
 pub mod error;
+pub mod firmware;
 pub mod image;
 pub mod journal;
 pub mod ops;
@@ -23,6 +25,7 @@ pub mod types;
 pub use discover::{discover, discover_with};
 pub use engine::{DomainCheck, ImageEngine};
 pub use error::{OpError, SkipReason};
+pub use firmware::{FirmwareRestore, FirmwareStore};
 pub use journal::{Journal, Record};
 pub use ops::{recover, spawn, JobEvent};
 pub use qemu_img::QemuImgEngine;

@@ -197,6 +197,7 @@ pub fn run(
         // finished on this same, unwritten overlay (a commit's own copy reads it only).
         overlay_stamp: check.images(req.disk.engine)?.stamp(&req.disk),
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        firmware: req.firmware.clone(),
     };
     // A record that could not be written completely is removed by `begin` itself.
     journal.begin(&rec).map_err(|e| match e.kind() {
@@ -340,9 +341,14 @@ fn execute(
         });
     }
     let now = images.stamp(&rec.disk);
+    // An interrupted run that had already replaced the overlay (it is empty now): only what
+    // follows the rebuild is left.
+    let rebuilt = resumed
+        && now != rec.overlay_stamp
+        && images.changed_bytes(&rec.disk).is_ok_and(|n| n == 0);
     // No overlay at all: the libvirt engine was interrupted between deleting the old volume
     // and creating the new one; creating it is all that is left.
-    if rec.overlay_stamp.is_some() && now.is_some() && now != rec.overlay_stamp {
+    if !rebuilt && rec.overlay_stamp.is_some() && now.is_some() && now != rec.overlay_stamp {
         // Someone (a guest started meanwhile) wrote to the overlay: rebuilding would lose
         // that. Keep it, and drop the record so the overlay is not blocked forever.
         let _ = journal.finish(&overlay);
@@ -354,17 +360,22 @@ fn execute(
         ));
     }
     progress(Progress::Rebuilding);
-    images.rebuild(&rec.disk).map_err(|e| {
-        failed(
-            rec.op,
-            &overlay,
-            e,
-            &match rec.op {
-                OpKind::Commit => data_in_base(),
-                OpKind::Discard => tr("The old overlay is still in place; the discard is journaled and will be finished at the next start"),
-            },
-        )
-    })?;
+    if !rebuilt {
+        rebuild(&rec, images)?;
+    }
+    if let Some(fw) = &rec.firmware {
+        super::firmware::restore(fw).map_err(|e| {
+            failed(
+                rec.op,
+                &overlay,
+                format!(
+                    "the firmware variables {} were not put back: {e}",
+                    fw.nvram.display()
+                ),
+                &tr("The overlay is rebuilt; the discard is journaled and its firmware variables will be put back at the next start"),
+            )
+        })?;
+    }
     journal.finish(&overlay).map_err(|e| {
         failed(
             rec.op,
@@ -380,6 +391,20 @@ fn execute(
         overlay,
         changed_bytes: changed,
         resumed,
+    })
+}
+
+fn rebuild(rec: &Record, images: &dyn ImageEngine) -> Result<(), OpError> {
+    images.rebuild(&rec.disk).map_err(|e| {
+        failed(
+            rec.op,
+            &rec.disk.overlay,
+            e,
+            &match rec.op {
+                OpKind::Commit => data_in_base(),
+                OpKind::Discard => tr("The old overlay is still in place; the discard is journaled and will be finished at the next start"),
+            },
+        )
     })
 }
 

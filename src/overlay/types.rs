@@ -144,6 +144,8 @@ pub struct Request {
     pub uri: String,
     pub domain: String,
     pub disk: ManagedDisk,
+    /// A discard's last disk also puts back the firmware variables that go with the base.
+    pub firmware: Option<super::firmware::FirmwareRestore>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -62,18 +62,29 @@ pub fn show(app: &adw::Application, key: &VmKey, decision: &Decision) -> Prompt 
     // window is kept off screen by window managers (seen with openbox). libadwaita only logs
     // that this is "discouraged".
     let (discard, later, commit) = (tr("_Discard"), tr("_Later"), tr("_Commit"));
-    dialog.add_responses(&[
-        ("discard", &discard),
-        ("later", &later),
-        ("commit", &commit),
-    ]);
-    if decision.forced.is_some() {
-        dialog.set_response_appearance("discard", adw::ResponseAppearance::Suggested);
-        dialog.set_default_response(Some("discard"));
-    } else {
-        dialog.set_response_appearance("discard", adw::ResponseAppearance::Destructive);
-        dialog.set_response_appearance("commit", adw::ResponseAppearance::Suggested);
-        dialog.set_default_response(Some("commit"));
+    match (&decision.no_discard, &decision.forced) {
+        (Some(why), _) => {
+            // What would be refused is not offered; the body says why.
+            dialog.set_body(&format!("{}\n\n{why}", body(decision)));
+            dialog.add_responses(&[("later", &later), ("commit", &commit)]);
+            dialog.set_response_appearance("commit", adw::ResponseAppearance::Suggested);
+            dialog.set_default_response(Some("commit"));
+        }
+        (None, forced) => {
+            dialog.add_responses(&[
+                ("discard", &discard),
+                ("later", &later),
+                ("commit", &commit),
+            ]);
+            if forced.is_some() {
+                dialog.set_response_appearance("discard", adw::ResponseAppearance::Suggested);
+                dialog.set_default_response(Some("discard"));
+            } else {
+                dialog.set_response_appearance("discard", adw::ResponseAppearance::Destructive);
+                dialog.set_response_appearance("commit", adw::ResponseAppearance::Suggested);
+                dialog.set_default_response(Some("commit"));
+            }
+        }
     }
     dialog.set_close_response("later");
     let remember = gtk::CheckButton::with_label(&tr("Remember for this VM"));

@@ -22,6 +22,8 @@ pub struct Row {
     pub subtitle: String,
     pub progress: Option<f64>,
     pub can_act: bool,
+    /// Discard is offered (not when the firmware variables could not follow the disk).
+    pub can_discard: bool,
     /// The last operation's result (status window only; the tray keeps labels short).
     pub last: Option<String>,
     /// Why Commit and Discard are not offered (see [`Vm::blocked`]); `can_act` is then false.
@@ -62,18 +64,23 @@ impl Row {
         if let Some(why) = &vm.keep_overlay {
             parts.push(tr_f("overlay kept: {why}", &[("why", why)]));
         }
+        if let Some(why) = &vm.discard_blocked {
+            parts.push(tr_f("no discard: {why}", &[("why", why)]));
+        }
+        let can_act = !vm.active
+            && vm.job.is_none()
+            && vm.engine_run.is_none()
+            && vm.changed.is_some_and(|n| n > 0)
+            && vm.keep_overlay.is_none()
+            && vm.blocked.is_none();
         Row {
             key: key.clone(),
             subtitle: parts.join(", "),
             progress: vm.job.as_ref().map(|j| j.progress),
             last: vm.last_result.as_ref().map(|n| n.summary()),
             blocked: vm.blocked.clone(),
-            can_act: !vm.active
-                && vm.job.is_none()
-                && vm.engine_run.is_none()
-                && vm.changed.is_some_and(|n| n > 0)
-                && vm.keep_overlay.is_none()
-                && vm.blocked.is_none(),
+            can_act,
+            can_discard: can_act && vm.discard_blocked.is_none(),
         }
     }
 }

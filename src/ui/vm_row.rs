@@ -20,6 +20,7 @@ pub struct Shown {
     pub subtitle: String,
     pub progress: Option<f64>,
     pub can_act: bool,
+    pub can_discard: bool,
     pub blocked: Option<String>,
     pub last: Option<String>,
 }
@@ -30,6 +31,7 @@ impl Shown {
             subtitle: subtitle(row),
             progress: row.progress,
             can_act: row.can_act && row.blocked.is_none(),
+            can_discard: row.can_discard && row.can_act && row.blocked.is_none(),
             blocked: row.blocked.clone(),
             last: row.last.clone(),
         }
@@ -129,8 +131,9 @@ impl VmRow {
                 None => imp.progress.set_visible(false),
             }
         }
-        if old.as_ref().map(|o| o.can_act) != Some(new.can_act) {
-            self.set_can_act(new.can_act);
+        if old.as_ref().map(|o| (o.can_act, o.can_discard)) != Some((new.can_act, new.can_discard))
+        {
+            self.set_can_act(new.can_act, new.can_discard);
         }
         hook::emit(
             "status-row",
@@ -139,6 +142,7 @@ impl VmRow {
                 "subtitle": new.subtitle,
                 "blocked": new.blocked,
                 "can_act": new.can_act,
+                "can_discard": new.can_discard,
                 "progress": new.progress,
                 "last": new.last,
             }),
@@ -152,9 +156,12 @@ impl VmRow {
     /// whenever that changes, so a plain `set_sensitive(false)` would not last: a row that
     /// cannot act has no action name (the helper then makes the button insensitive, and so
     /// do we, for a button whose action was never found), and gets it back when it can.
-    fn set_can_act(&self, can_act: bool) {
+    fn set_can_act(&self, can_commit: bool, can_discard: bool) {
         let imp = self.imp();
-        for (button, action) in [(&*imp.discard, "app.discard"), (&*imp.commit, "app.commit")] {
+        for (button, action, can_act) in [
+            (&*imp.discard, "app.discard", can_discard),
+            (&*imp.commit, "app.commit", can_commit),
+        ] {
             if can_act {
                 button.set_action_name(Some(action));
             } else {

@@ -31,7 +31,7 @@ install_packages() {
         pkg-config gcc util-linux bsdutils procps \
         xvfb xauth dbus dbus-x11 systemd openbox xfce4-panel xdotool imagemagick \
         sway waybar grim dunst fonts-dejavu-core adwaita-icon-theme \
-        desktop-file-utils appstream python3 \
+        desktop-file-utils appstream python3 ovmf \
         xdg-desktop-portal xdg-desktop-portal-gnome bubblewrap
 }
 
