@@ -567,3 +567,100 @@ fn a_uefi_guests_firmware_variables_follow_its_disk() {
     // And the guest still boots on what it was left with.
     vm.boot_to_power_off();
 }
+
+/// Never stuck: an operation interrupted while its domain is renamed is still finished (the
+/// journal record follows the domain by UUID), and a journal that cannot be written (a full
+/// filesystem) leaves no record behind that would block the overlay.
+#[test]
+fn a_renamed_domain_is_finished_and_a_full_journal_leaves_no_record() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let (old, new) = ("vmo-st-rename-a", "vmo-st-rename-b");
+    remove_domain(&bed.uri, new);
+    let vm = StateVm::shut_off(&bed.uri, old);
+    let (go, hook) = (state.path().join("go"), state.path().join("hook.jsonl"));
+    let mut child = std::process::Command::new(common::bin())
+        .args(["commit", old, "--yes", "--connect", bed.uri.as_str()])
+        .env("VMOVERLAY_STATE_DIR", state.path())
+        .env("VMOVERLAY_CONFIG_DIR", state.path().join("config"))
+        .env("VMOVERLAY_TEST_HOOK", &hook)
+        .env("VMOVERLAY_TEST_PAUSE_BEFORE_REPLACE", &go)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&hook).is_ok_and(|h| h.contains("before-replace")) {
+        assert!(std::time::Instant::now() < deadline, "commit never paused");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    virsh(&bed.uri, &["domrename", old, new]);
+    let renamed = RenamedBack {
+        uri: bed.uri.clone(),
+        from: new,
+        to: old,
+    };
+    let status = vmoverlay(state.path(), &["status", "--connect", &bed.uri]);
+    assert_eq!(status.code, 0, "{status:?}");
+    assert!(
+        status.stderr.contains("finished the interrupted commit"),
+        "{status:?}"
+    );
+    assert_eq!(changed(&vm.overlay), 0);
+    assert!(reads_pattern(&vm.base, 0x5a, "0", "1M"));
+    drop(renamed);
+
+    // A journal on a full filesystem: the commit is refused, nothing changes, no record stays.
+    let full = state_dir();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(full.path())
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a small tmpfs (needs root)");
+    let _unmount = Unmount(full.path().to_path_buf());
+    std::fs::create_dir_all(full.path().join("journal")).unwrap();
+    let filler = vec![0u8; 60 * 1024];
+    let _ = std::fs::write(full.path().join("filler"), &filler);
+    common::images::qemu_io(&vm.overlay, &["write -P 0x6b 2M 1M"]);
+    let (base_before, overlay_before) = (checksum(&vm.base), checksum(&vm.overlay));
+    let ran = vmoverlay(
+        full.path(),
+        &["commit", old, "--yes", "--connect", &bed.uri],
+    );
+    assert_eq!(ran.code, 9, "{ran:?}");
+    assert!(ran.stderr.contains("Nothing was changed"), "{ran:?}");
+    let left: Vec<_> = std::fs::read_dir(full.path().join("journal"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "a record was left behind: {left:?}");
+    assert_eq!(
+        (checksum(&vm.base), checksum(&vm.overlay)),
+        (base_before, overlay_before)
+    );
+}
+
+struct RenamedBack<'a> {
+    uri: String,
+    from: &'a str,
+    to: &'a str,
+}
+
+impl Drop for RenamedBack<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("virsh")
+            .args(["-q", "-c", &self.uri, "domrename", self.from, self.to])
+            .output();
+    }
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

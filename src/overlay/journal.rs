@@ -59,6 +59,24 @@ impl Journal {
         &self.dir
     }
 
+    /// Room for a record and its updates: refused before anything is written, so a full
+    /// filesystem never leaves an operation half-journaled.
+    pub fn ensure_room(&self) -> Result<(), super::error::OpError> {
+        const NEEDED: u64 = 256 * 1024;
+        let not_writable = |reason: String| super::error::OpError::NotWritable {
+            what: format!("the journal {}", self.dir.display()),
+            reason,
+        };
+        fs::create_dir_all(&self.dir).map_err(|e| not_writable(e.to_string()))?;
+        let free = super::image::free_space(&self.dir).map_err(not_writable)?;
+        if free < NEEDED {
+            return Err(not_writable(format!(
+                "its filesystem has {free} bytes free, {NEEDED} are needed"
+            )));
+        }
+        Ok(())
+    }
+
     /// The record file of an overlay: named by a hash of its absolute path.
     pub fn path_for(&self, overlay: &Path) -> PathBuf {
         let h = overlay
@@ -137,6 +155,21 @@ impl Journal {
         serde_json::from_slice(&fs::read(self.last_path(overlay)).ok()?).ok()
     }
 
+    /// Whether a record exists for `overlay`. An empty record file (left by an earlier version
+    /// whose first write failed, before any image was touched) is removed, not obeyed.
+    pub fn has_record(&self, overlay: &Path) -> bool {
+        let path = self.path_for(overlay);
+        match fs::metadata(&path) {
+            Ok(m) if m.len() == 0 => {
+                log::warn!("removing the empty journal record {}", path.display());
+                let _ = fs::remove_file(&path);
+                false
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        }
+    }
+
     pub fn get(&self, overlay: &Path) -> Option<Record> {
         let data = fs::read(self.path_for(overlay)).ok()?;
         serde_json::from_slice(&data).ok()
@@ -150,6 +183,15 @@ impl Journal {
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| match fs::metadata(p) {
+                // Never written: its operation wrote nothing either.
+                Ok(m) if m.len() == 0 => {
+                    log::warn!("removing the empty journal record {}", p.display());
+                    let _ = fs::remove_file(p);
+                    false
+                }
+                _ => true,
+            })
             .collect();
         paths.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
         paths
@@ -214,5 +256,19 @@ mod tests {
         j.finish(Path::new("/x/overlay.qcow2")).unwrap();
         assert!(j.pending().is_empty());
         j.finish(Path::new("/x/overlay.qcow2")).unwrap();
+    }
+
+    #[test]
+    fn an_empty_record_blocks_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::at(dir.path().join("journal"));
+        let overlay = Path::new("/x/overlay.qcow2");
+        fs::create_dir_all(j.dir()).unwrap();
+        fs::write(j.path_for(overlay), b"").unwrap();
+        assert!(j.pending().is_empty());
+        fs::write(j.path_for(overlay), b"").unwrap();
+        assert!(!j.has_record(overlay));
+        j.begin(&rec("/x/overlay.qcow2")).unwrap();
+        assert!(j.has_record(overlay));
     }
 }

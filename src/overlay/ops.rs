@@ -134,13 +134,13 @@ pub fn preflight(
             was: disk.base.clone(),
         });
     }
-    let record = journal.path_for(&disk.overlay);
-    if record.exists() {
+    if journal.has_record(&disk.overlay) {
         return Err(OpError::Busy {
             overlay: disk.overlay.clone(),
-            journal: record,
+            journal: journal.path_for(&disk.overlay),
         });
     }
+    journal.ensure_room()?;
     ensure_state(req.op, disk, check, images)?;
     let commit = req.op == OpKind::Commit;
     images.ensure_unlocked(disk, true)?;
