@@ -65,7 +65,13 @@ impl Context {
 
     /// The domain check of `vm` on `conn`, knowing this context's other connections.
     pub fn check(&self, conn: &Connect, uri: &str, vm: &str) -> LibvirtCheck {
-        LibvirtCheck::new(conn.clone(), uri, vm).with_others(self.others.clone())
+        let scan_dirs = crate::settings::scan_dirs().unwrap_or_else(|e| {
+            log::warn!("ignoring the directories to scan: {e}");
+            Vec::new()
+        });
+        LibvirtCheck::new(conn.clone(), uri, vm)
+            .with_others(self.others.clone())
+            .with_scan_dirs(scan_dirs)
     }
 }
 

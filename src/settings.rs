@@ -49,6 +49,17 @@ pub fn pins_for(vm: &str) -> Result<Vec<Pin>, SettingsError> {
     Ok(all.get(vm).cloned().unwrap_or_default())
 }
 
+/// Directories where images nobody registered with libvirt may live (`scan-dirs.json`: a
+/// JSON array of paths): an overlay there on a base makes a commit into that base refuse.
+pub fn scan_dirs() -> Result<Vec<PathBuf>, SettingsError> {
+    let path = config_dir().join("scan-dirs.json");
+    match std::fs::read(&path) {
+        Ok(d) => serde_json::from_slice(&d).map_err(|e| err(&path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(err(&path, e)),
+    }
+}
+
 /// Per-VM policies (`policies.json`: `{"URI": {"VM": "always-commit"}}`).
 pub fn load_policies() -> std::collections::BTreeMap<VmKey, Policy> {
     let path = config_dir().join("policies.json");

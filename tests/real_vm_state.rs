@@ -664,3 +664,37 @@ impl Drop for Unmount {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// What no scan can see, the user can name: an overlay of the base in a directory that is no
+/// sibling, no pool and no domain's goes unnoticed, until that directory is listed in the
+/// `scan-dirs.json` setting; then the commit is refused.
+#[test]
+fn an_unregistered_overlay_is_found_in_a_directory_the_user_lists() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-scan");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let hidden = elsewhere.path().join("copy-of-the-vm.qcow2");
+    create_overlay(&hidden, vm.base.to_str().unwrap());
+    let state = state_dir();
+    std::fs::create_dir_all(state.path().join("config")).unwrap();
+    std::fs::write(
+        state.path().join("config/scan-dirs.json"),
+        serde_json::json!([elsewhere.path()]).to_string(),
+    )
+    .unwrap();
+    let before = checksum(&vm.base);
+    let ran = vmoverlay(
+        state.path(),
+        &["commit", &vm.name, "--yes", "--connect", &bed.uri],
+    );
+    assert_eq!(ran.code, 7, "{ran:?}");
+    assert!(ran.stderr.contains("copy-of-the-vm.qcow2"), "{ran:?}");
+    assert_eq!(checksum(&vm.base), before);
+    // Without the setting it is invisible (what the README says about such images).
+    std::fs::remove_file(state.path().join("config/scan-dirs.json")).unwrap();
+    let ran = vmoverlay(
+        state.path(),
+        &["commit", &vm.name, "--yes", "--connect", &bed.uri],
+    );
+    assert_eq!(ran.code, 0, "{ran:?}");
+}

@@ -100,6 +100,8 @@ pub struct LibvirtCheck {
     /// Every other connection this process knows (`--connect`, the app's monitors): a base
     /// may be used by a domain on any of them.
     others: Vec<(String, Connect)>,
+    /// Directories the user listed where unregistered images may live.
+    scan_dirs: Vec<PathBuf>,
     libvirt: OnceLock<Result<LibvirtEngine, String>>,
 }
 
@@ -110,8 +112,15 @@ impl LibvirtCheck {
             uri: uri.to_string(),
             domain: domain.to_string(),
             others: Vec::new(),
+            scan_dirs: Vec::new(),
             libvirt: OnceLock::new(),
         }
+    }
+
+    /// Also looks for overlays of a base in these directories (the `scan-dirs.json` setting).
+    pub fn with_scan_dirs(mut self, dirs: Vec<PathBuf>) -> LibvirtCheck {
+        self.scan_dirs = dirs;
+        self
     }
 
     /// Also looks for users of a base on these connections (those to `uri` itself are
@@ -310,6 +319,15 @@ impl DomainCheck for LibvirtCheck {
 
     fn other_users(&self, base: &Path, overlay: &Path) -> Result<Vec<String>, OpError> {
         let mut users = self.users_on(&self.conn, &self.uri, base, overlay)?;
+        if is_local_uri(&self.uri) {
+            for dir in &self.scan_dirs {
+                users.extend(
+                    image::other_overlays_of(dir, base, overlay)
+                        .into_iter()
+                        .map(|p| p.display().to_string()),
+                );
+            }
+        }
         for (uri, conn) in &self.others {
             // Paths on another host name other files: only local connections share files.
             if is_local_uri(uri) && is_local_uri(&self.uri) {
