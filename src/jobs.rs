@@ -14,6 +14,8 @@ use std::path::Path;
 use virt::connect::Connect;
 
 use crate::libvirt::domains::{self, LibvirtCheck};
+use crate::overlay::discover::parse_disks;
+use crate::overlay::disposable::{self, AdoptPlan, ChangeRecord};
 use crate::overlay::{
     image, ops, DomainCheck, DomainDisks, EngineChoice, FirmwareRestore, FirmwareStore, Journal,
     ManagedDisk, OpError, OpKind, Outcome, Pin, Progress, Record, Request, SkipReason,
@@ -470,8 +472,18 @@ pub fn record(journal: &Journal, o: &Outcome, base: &Path) {
 }
 
 /// Finishes the operations an earlier run left in the journal (each record names its
-/// connection and domain), records them, and returns each with its result.
+/// connection and domain), records them, and returns each with its result. Interrupted
+/// adopts and releases are finished or rolled back first (they log what they did).
 pub fn recover(journal: &Journal) -> Vec<(Record, Result<Outcome, OpError>)> {
+    for rec in journal.pending_of::<ChangeRecord>().into_iter().flatten() {
+        let what = format!("{} of {} ({})", rec.change.word(), rec.domain, rec.target);
+        let result = domains::check_for(&rec.uri, &rec.domain, rec.uuid.as_deref())
+            .and_then(|check| disposable::resume(rec, check.as_ref(), journal));
+        match result {
+            Ok(()) => log::info!("finished the interrupted {what}"),
+            Err(e) => log::warn!("the interrupted {what}: {e}"),
+        }
+    }
     let results = ops::recover(journal, &domains::check_for_record, &mut |_, _| {});
     for (rec, result) in &results {
         if let Ok(o) = result {
@@ -479,4 +491,197 @@ pub fn recover(journal: &Journal) -> Vec<(Record, Result<Outcome, OpError>)> {
         }
     }
     results
+}
+
+/// Making `vm` disposable: each disk to adopt, planned.
+pub struct AdoptVm {
+    pub uri: String,
+    pub vm: String,
+    pub conn: Connect,
+    pub disks: Vec<AdoptPlan>,
+    /// Disks left as they are, and why (with the default "every disk").
+    pub left: Vec<(String, OpError)>,
+    /// A UEFI VM's variables, recorded as the base's once adopted.
+    pub firmware: Option<(String, std::path::PathBuf)>,
+}
+
+/// The engine that works on an image that is not an overlay yet (as for a managed disk: this
+/// process where it can write, libvirtd otherwise).
+fn engine_for_image<'c>(
+    ctx: &Context,
+    check: &'c LibvirtCheck,
+    image: &Path,
+) -> Result<&'c dyn crate::overlay::ImageEngine, OpError> {
+    use crate::overlay::Engine;
+    let local = crate::libvirt::engine::is_local_uri(check.uri());
+    let dir = image.parent().unwrap_or(Path::new("/"));
+    let here = local
+        && std::fs::File::open(image).is_ok()
+        && image::is_writable(dir).is_ok()
+        && image::is_writable(image).is_ok();
+    let engine = match ctx.engine {
+        EngineChoice::Only(e) => e,
+        EngineChoice::Auto if here => Engine::QemuImg,
+        EngineChoice::Auto => Engine::Libvirt,
+    };
+    if engine == Engine::QemuImg && !local {
+        return Err(OpError::NotFound {
+            what: format!(
+                "{} is on the host of {}: only the libvirt engine can reach it",
+                image.display(),
+                check.uri()
+            ),
+        });
+    }
+    check.images(engine)
+}
+
+/// Plans making `vm` disposable (every disk that can be, or only `only`). Blocking.
+pub fn plan_adopt(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    vm: &str,
+    only: Option<&str>,
+) -> Result<AdoptVm, OpError> {
+    let found = find(ctx, conn, uri, vm)?;
+    let check = &found.check;
+    check.ensure_inactive()?;
+    check.ensure_no_saved_state()?;
+    let xml = check.inactive_xml()?;
+    let defined = parse_disks(&xml).map_err(|what| OpError::NotFound { what })?;
+    if let Some(t) = only {
+        if !defined.iter().any(|d| d.target == t) {
+            return Err(OpError::NoSuchDisk {
+                vm: vm.to_string(),
+                disk: t.to_string(),
+            });
+        }
+    }
+    let mut disks = Vec::new();
+    let mut left = Vec::new();
+    for d in defined
+        .iter()
+        .filter(|d| only.is_none_or(|t| t == d.target))
+    {
+        let planned = if found.disks.managed.iter().any(|m| m.target == d.target) {
+            Err(OpError::AlreadyDisposable {
+                vm: vm.to_string(),
+                disk: d.target.clone(),
+            })
+        } else {
+            match disposable::definition_refusal(vm, d) {
+                Some(refusal) => Err(refusal),
+                None => {
+                    let image = Path::new(d.source.as_deref().unwrap_or_default());
+                    engine_for_image(ctx, check, image)
+                        .and_then(|images| disposable::plan_adopt(vm, d, images, &ctx.journal))
+                }
+            }
+        };
+        match planned {
+            Ok(p) => disks.push(p),
+            // The one disk asked for: its refusal is the answer.
+            Err(e) if only.is_some() => return Err(e),
+            // A cdrom or a shared disk is simply not part of "every disk".
+            Err(e) => left.push((d.target.clone(), e)),
+        }
+    }
+    if disks.is_empty() {
+        return Err(match left.into_iter().next() {
+            Some((_, e)) => e,
+            None => OpError::NotAdoptable {
+                vm: vm.to_string(),
+                disk: "-".into(),
+                why: crate::i18n::tr("it has no disks"),
+            },
+        });
+    }
+    let firmware = firmware_of(check, vm).ok().flatten();
+    Ok(AdoptVm {
+        uri: uri.to_string(),
+        vm: vm.to_string(),
+        conn: conn.clone(),
+        disks,
+        left,
+        firmware,
+    })
+}
+
+/// Makes the planned disks disposable, one after the other; stops at the first failure (the
+/// disks adopted before it stay adopted, complete). Blocking.
+pub fn adopt(plan: &AdoptVm, ctx: &Context) -> Result<(), OpError> {
+    let check = ctx.check(&plan.conn, &plan.uri, &plan.vm);
+    for disk in &plan.disks {
+        disposable::adopt(&plan.uri, &plan.vm, disk, &check, &ctx.journal)?;
+    }
+    if let Some((uuid, nvram)) = &plan.firmware {
+        // The variables now go with the base.
+        if let Err(e) = ctx.firmware().record(uuid, nvram) {
+            log::warn!("{}: recording its firmware variables: {e}", plan.vm);
+        }
+    }
+    Ok(())
+}
+
+/// Making `vm` ordinary again: its pending changes' fate, then the disks to release.
+pub struct ReleaseVm {
+    pub uri: String,
+    pub vm: String,
+    pub conn: Connect,
+    /// The commit or discard of the pending changes, when there are any.
+    pub first: Option<Plan>,
+    pub disks: Vec<ManagedDisk>,
+}
+
+/// Plans releasing `vm` (every managed disk, or `only`); `changes` says what happens to
+/// pending changes (required when there are any). Blocking.
+pub fn plan_release(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    vm: &str,
+    only: Option<&str>,
+    changes: Option<OpKind>,
+) -> Result<ReleaseVm, OpError> {
+    let found = find(ctx, conn, uri, vm)?;
+    let disks = chosen_disks(vm, &found.disks, only)?;
+    found.check.ensure_inactive()?;
+    found.check.ensure_no_saved_state()?;
+    let mut pending = false;
+    for d in &disks {
+        if ops::changed_bytes(d, &found.check)? > 0 {
+            pending = true;
+            if changes.is_none() {
+                return Err(OpError::ReleaseWithChanges {
+                    vm: vm.to_string(),
+                    disk: d.target.clone(),
+                });
+            }
+        }
+    }
+    let first = match (pending, changes) {
+        (true, Some(op)) => Some(plan(ctx, conn, uri, vm, op, only, Firmware::FollowDisk)?),
+        _ => None,
+    };
+    Ok(ReleaseVm {
+        uri: uri.to_string(),
+        vm: vm.to_string(),
+        conn: conn.clone(),
+        first,
+        disks,
+    })
+}
+
+/// Commits or discards the pending changes as planned, then releases every disk. Blocking.
+pub fn release(plan: ReleaseVm, ctx: &Context) -> Result<Option<Done>, OpError> {
+    let done = match &plan.first {
+        Some(first) => Some(run(first, ctx, &mut |_, _| {})?),
+        None => None,
+    };
+    let check = ctx.check(&plan.conn, &plan.uri, &plan.vm);
+    for disk in &plan.disks {
+        disposable::release(&plan.uri, &plan.vm, disk, &check, &ctx.journal)?;
+    }
+    Ok(done)
 }

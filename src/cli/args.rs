@@ -97,6 +97,20 @@ pub enum Command {
     Commit(OpArgs),
     #[command(about = help::discard())]
     Discard(DiscardArgs),
+    #[command(about = help::adopt())]
+    Adopt(OpArgs),
+    #[command(about = help::release())]
+    Release(ReleaseArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReleaseArgs {
+    #[command(flatten)]
+    pub op: OpArgs,
+    #[arg(long, conflicts_with = "discard", help = help::release_commit())]
+    pub commit: bool,
+    #[arg(long, help = help::release_discard())]
+    pub discard: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -188,6 +202,22 @@ mod help {
 
     pub fn yes() -> String {
         tr("Do not ask for confirmation (required when not on a terminal)")
+    }
+
+    pub fn adopt() -> String {
+        tr("Make a shut-off VM disposable: each disk's image becomes the base of a new, empty overlay the VM writes to from now on")
+    }
+
+    pub fn release() -> String {
+        tr("Make a disposable VM ordinary again: its disks use their base images directly, the overlays are removed")
+    }
+
+    pub fn release_commit() -> String {
+        tr("Commit pending changes into the base first")
+    }
+
+    pub fn release_discard() -> String {
+        tr("Discard pending changes first")
     }
 
     pub fn keep_firmware() -> String {

@@ -1,8 +1,10 @@
 //! The scriptable command line: one file per subcommand, the types in [`args`]. No
 //! subcommand means the desktop application (see `main.rs`).
 
+mod adopt;
 pub mod args;
 mod operate;
+mod release;
 mod status;
 mod watch;
 
@@ -26,6 +28,8 @@ pub fn run(cli: &Cli, command: &Command) -> i32 {
         Command::Commit(args) => {
             operate::run(ctx, &uris, OpKind::Commit, args, Firmware::FollowDisk)
         }
+        Command::Adopt(args) => adopt::run(ctx, &uris, args),
+        Command::Release(args) => release::run(ctx, &uris, args),
         Command::Discard(args) => {
             let firmware = if args.keep_firmware {
                 Firmware::Keep
@@ -57,6 +61,41 @@ fn not_found(name: &str, uris: &[String]) -> i32 {
         )
     );
     Exit::NotFound as i32
+}
+
+/// Opens every URI and finds `vm` on the first that has it; the exit code otherwise.
+fn find_vm(ctx: &mut Context, uris: &[String], vm: &str) -> Result<(String, Connect), i32> {
+    let conns = open_all(uris)?;
+    ctx.others = conns.clone();
+    recover_pending(ctx);
+    conns
+        .into_iter()
+        .find(|(_, c)| c.lookup_domain_by_name(vm).is_ok())
+        .ok_or_else(|| not_found(vm, uris))
+}
+
+/// Asks `question` on the terminal; `Err(exit code)` when not confirmed or not asked.
+fn confirm_on_terminal(yes: bool, question: &str, refusal: &str) -> Result<(), i32> {
+    use std::io::IsTerminal;
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        eprintln!("vmoverlay: {refusal}");
+        return Err(EXIT_NOT_CONFIRMED);
+    }
+    eprint!("{question} {} ", crate::i18n::tr("[y/N]"));
+    let mut answer = String::new();
+    let yes = std::io::stdin().read_line(&mut answer).is_ok()
+        && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes");
+    if !yes {
+        eprintln!(
+            "vmoverlay: {}",
+            crate::i18n::tr("not confirmed. Nothing was changed.")
+        );
+        return Err(EXIT_NOT_CONFIRMED);
+    }
+    Ok(())
 }
 
 fn refuse(e: &OpError) -> i32 {

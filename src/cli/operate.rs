@@ -3,19 +3,12 @@
 
 use std::io::IsTerminal;
 
-use super::args::{Exit, OpArgs, EXIT_NOT_CONFIRMED};
-use super::{not_found, open_all, recover_pending, refuse};
+use super::args::{Exit, OpArgs};
+use super::{confirm_on_terminal, find_vm, refuse};
 use crate::i18n::{tr, tr_f};
 use crate::jobs::{self, Context, Event, Firmware};
 use crate::overlay::{OpError, OpKind, Progress};
 use crate::units::human_bytes;
-
-fn confirm(question: &str) -> bool {
-    eprint!("{question} {} ", tr("[y/N]"));
-    let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer).is_ok()
-        && matches!(answer.trim(), "y" | "Y" | "yes" | "Yes")
-}
 
 fn question(op: OpKind, vm: &str, req: &crate::overlay::Request, changed: u64) -> String {
     match op {
@@ -58,18 +51,11 @@ pub fn run(
     args: &OpArgs,
     firmware: Firmware,
 ) -> i32 {
-    let conns = match open_all(uris) {
-        Ok(c) => c,
+    let (uri, conn) = match find_vm(&mut ctx, uris, &args.vm) {
+        Ok(found) => found,
         Err(code) => return code,
     };
-    ctx.others = conns.clone();
-    recover_pending(&ctx);
-    let Some((uri, conn)) = conns
-        .iter()
-        .find(|(_, c)| c.lookup_domain_by_name(&args.vm).is_ok())
-    else {
-        return not_found(&args.vm, uris);
-    };
+    let (uri, conn) = (&uri, &conn);
     let plan = match jobs::plan(
         &ctx,
         conn,
@@ -82,26 +68,18 @@ pub fn run(
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
-    if !args.yes {
-        if !std::io::stdin().is_terminal() {
-            eprintln!(
-                "vmoverlay: {}",
-                match op {
-                    OpKind::Commit => tr(
-                        "refusing to commit without --yes when not run from a terminal. Nothing was changed."
-                    ),
-                    OpKind::Discard => tr(
-                        "refusing to discard without --yes when not run from a terminal. Nothing was changed."
-                    ),
-                }
-            );
-            return EXIT_NOT_CONFIRMED;
-        }
-        for (req, changed) in &plan.disks {
-            if !confirm(&question(op, &args.vm, req, *changed)) {
-                eprintln!("vmoverlay: {}", tr("not confirmed. Nothing was changed."));
-                return EXIT_NOT_CONFIRMED;
-            }
+    let refusal = match op {
+        OpKind::Commit => tr(
+            "refusing to commit without --yes when not run from a terminal. Nothing was changed.",
+        ),
+        OpKind::Discard => tr(
+            "refusing to discard without --yes when not run from a terminal. Nothing was changed.",
+        ),
+    };
+    for (req, changed) in &plan.disks {
+        let question = question(op, &args.vm, req, *changed);
+        if let Err(code) = confirm_on_terminal(args.yes, &question, &refusal) {
+            return code;
         }
     }
     let bases: Vec<_> = plan

@@ -79,15 +79,22 @@ pub fn domain_disks(
 /// record's URI (how interrupted operations are resumed). The domain is found by its UUID
 /// when the record has one, so a renamed domain is still found.
 pub fn check_for_record(rec: &Record) -> Result<Box<dyn DomainCheck>, OpError> {
-    let conn = super::open(&rec.uri, true)
-        .map_err(|e| not_found(format!("cannot connect to '{}': {}", rec.uri, e.message())))?;
-    let name = rec
-        .uuid
-        .as_deref()
+    check_for(&rec.uri, &rec.domain, rec.uuid.as_deref())
+}
+
+/// The check of a domain a journal record names, found by UUID first.
+pub fn check_for(
+    uri: &str,
+    domain: &str,
+    uuid: Option<&str>,
+) -> Result<Box<dyn DomainCheck>, OpError> {
+    let conn = super::open(uri, true)
+        .map_err(|e| not_found(format!("cannot connect to '{uri}': {}", e.message())))?;
+    let name = uuid
         .and_then(|u| conn.lookup_domain_by_uuid_string(u).ok())
         .and_then(|d| d.name().ok())
-        .unwrap_or_else(|| rec.domain.clone());
-    Ok(Box::new(LibvirtCheck::new(conn, &rec.uri, &name)))
+        .unwrap_or_else(|| domain.to_string());
+    Ok(Box::new(LibvirtCheck::new(conn, uri, &name)))
 }
 
 /// The operations' view of one domain: is it running, does libvirt keep state that needs its
@@ -245,6 +252,61 @@ impl LibvirtCheck {
     }
 }
 
+/// `xml` with disk `target`'s `<source file=…>` set to `source` and its `<driver type=…>` to
+/// `driver_type`, and every other byte as it was.
+pub fn edit_disk_source(
+    xml: &str,
+    target: &str,
+    source: &str,
+    driver_type: &str,
+) -> Result<String, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("domain XML: {e}"))?;
+    let disk = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("disk"))
+        .find(|d| {
+            d.children()
+                .any(|c| c.has_tag_name("target") && c.attribute("dev") == Some(target))
+        })
+        .ok_or_else(|| format!("the definition has no disk {target}"))?;
+    let child = |name: &str| disk.children().find(|c| c.has_tag_name(name));
+    let file = child("source")
+        .and_then(|s| s.attributes().find(|a| a.name() == "file"))
+        .ok_or_else(|| format!("disk {target} has no <source file=…>"))?;
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('\'', "&apos;")
+            .replace('"', "&quot;")
+    };
+    // Replacements from the end of the document backwards, so earlier ranges stay valid.
+    let mut edits = vec![(file.range_value(), esc(source))];
+    match child("driver") {
+        Some(driver) => match driver.attributes().find(|a| a.name() == "type") {
+            Some(t) => edits.push((t.range_value(), esc(driver_type))),
+            None => {
+                let tag_end = driver.range().start + "<driver".len();
+                edits.push((tag_end..tag_end, format!(" type='{}'", esc(driver_type))));
+            }
+        },
+        None => {
+            let at = child("source")
+                .map(|s| s.range().start)
+                .unwrap_or(file.range().start);
+            edits.push((
+                at..at,
+                format!("<driver name='qemu' type='{}'/>\n      ", esc(driver_type)),
+            ));
+        }
+    }
+    edits.sort_by_key(|(r, _)| std::cmp::Reverse(r.start));
+    let mut out = xml.to_string();
+    for (range, text) in edits {
+        out.replace_range(range, &text);
+    }
+    Ok(out)
+}
+
 /// The `<os><nvram>` file of a domain definition.
 pub fn nvram_of(xml: &str) -> Option<PathBuf> {
     let doc = roxmltree::Document::parse(xml).ok()?;
@@ -337,6 +399,32 @@ impl DomainCheck for LibvirtCheck {
         Ok(users)
     }
 
+    fn inactive_xml(&self) -> Result<String, OpError> {
+        self.domain()?
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+            .map_err(|e| not_found(format!("definition of '{}': {}", self.domain, e.message())))
+    }
+
+    fn redefine_disk(&self, target: &str, source: &Path, driver_type: &str) -> Result<(), OpError> {
+        // A read-write connection, and the secure XML: passwords and keys in the definition
+        // (a display's password, a disk's secret) are kept, not dropped.
+        let conn = self.libvirt_engine()?.connection();
+        let dom = conn
+            .lookup_domain_by_name(&self.domain)
+            .map_err(|e| not_found(format!("domain '{}': {}", self.domain, e.message())))?;
+        let xml = dom
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE | virt::sys::VIR_DOMAIN_XML_SECURE)
+            .map_err(|e| not_found(format!("definition of '{}': {}", self.domain, e.message())))?;
+        let edited = edit_disk_source(&xml, target, &source.to_string_lossy(), driver_type)
+            .map_err(not_found)?;
+        conn.define_domain_xml(&edited)
+            .map_err(|e| OpError::NotWritable {
+                what: format!("the definition of {}", self.domain),
+                reason: e.message().to_string(),
+            })?;
+        Ok(())
+    }
+
     fn nvram(&self) -> Option<PathBuf> {
         let xml = self
             .domain()
@@ -355,5 +443,30 @@ impl DomainCheck for LibvirtCheck {
             Engine::QemuImg => Ok(&QemuImgEngine),
             Engine::Libvirt => Ok(self.libvirt_engine()?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::edit_disk_source;
+
+    const XML: &str = "<domain type='kvm'>\n  <name>vm</name>\n  <devices>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw' cache='none'/>\n      <source file='/img/vm.raw'/>\n      <target dev='vda' bus='virtio'/>\n    </disk>\n    <disk type=\"file\" device=\"disk\">\n      <driver name=\"qemu\" type=\"qcow2\"/>\n      <source file=\"/img/data.qcow2\"/>\n      <target dev=\"vdb\" bus=\"virtio\"/>\n    </disk>\n    <graphics type='vnc' passwd='s3cret'/>\n  </devices>\n</domain>\n";
+
+    #[test]
+    fn only_the_disks_source_and_driver_type_change() {
+        let out = edit_disk_source(XML, "vda", "/img/vm.overlay.qcow2", "qcow2").unwrap();
+        assert_eq!(
+            out,
+            XML.replace("type='raw'", "type='qcow2'")
+                .replace("/img/vm.raw", "/img/vm.overlay.qcow2")
+        );
+        let back = edit_disk_source(&out, "vda", "/img/vm.raw", "raw").unwrap();
+        assert_eq!(back, XML);
+        let other = edit_disk_source(XML, "vdb", "/img/a&b.qcow2", "qcow2").unwrap();
+        assert!(
+            other.contains("<source file=\"/img/a&amp;b.qcow2\"/>"),
+            "{other}"
+        );
+        assert!(edit_disk_source(XML, "vdz", "/x", "raw").is_err());
     }
 }

@@ -24,6 +24,8 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use super::ffi;
+use crate::overlay::disposable::Probe;
+use crate::overlay::engine::Hold;
 use crate::overlay::{
     Engine, ImageEngine, ManagedDisk, OpError, Phase, Progress, SkipReason, Stamp,
 };
@@ -208,6 +210,11 @@ impl LibvirtEngine {
             prepared: Default::default(),
             locks_just_held: Default::default(),
         }
+    }
+
+    /// The read-write connection the engine works on.
+    pub fn connection(&self) -> &Connect {
+        &self.conn
     }
 
     fn msg(e: virt::error::Error) -> String {
@@ -701,6 +708,98 @@ impl ImageEngine for LibvirtEngine {
         StorageVol::create_xml(&pool, &xml, 0)
             .map(|_| ())
             .map_err(|e| format!("creating the new overlay: {}", e.message()))
+    }
+
+    fn probe(&self, path: &Path) -> Result<Probe, SkipReason> {
+        let (_, _, vol) = self.volume(path).map_err(|detail| SkipReason::Unreadable {
+            path: path.to_path_buf(),
+            detail,
+        })?;
+        // The volume API shows neither internal snapshots nor bitmaps; read them where the
+        // file is readable here.
+        let inside = if self.local && std::fs::File::open(path).is_ok() {
+            crate::overlay::qemu_img::probe(path).ok()
+        } else {
+            None
+        };
+        Ok(Probe {
+            format: vol.format,
+            virtual_size: vol.capacity,
+            backing: vol.backing.map(|b| b.display().to_string()),
+            snapshots: inside
+                .as_ref()
+                .map(|p| p.snapshots.clone())
+                .unwrap_or_default(),
+            bitmaps: inside.map(|p| p.bitmaps).unwrap_or_default(),
+        })
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.volume(path).is_ok()
+    }
+
+    fn ensure_can_create(&self, image: &Path) -> Result<(), OpError> {
+        // libvirtd creates the file with its own rights; its pool must exist or be creatable.
+        let dir = image.parent().unwrap_or(Path::new("/"));
+        self.pool_for(dir)
+            .map(|_| ())
+            .map_err(|reason| OpError::NotWritable {
+                what: format!("the directory {}", dir.display()),
+                reason,
+            })
+    }
+
+    fn create_overlay(
+        &self,
+        base: &Path,
+        base_format: &str,
+        virtual_size: u64,
+        overlay: &Path,
+    ) -> Result<(), String> {
+        let dir = overlay.parent().ok_or("the overlay has no directory")?;
+        let pool = self.pool_for(dir)?;
+        let (_, _, base_vol) = self.volume(base)?;
+        let name = overlay
+            .file_name()
+            .ok_or("the overlay has no file name")?
+            .to_string_lossy()
+            .into_owned();
+        let mut target = String::from("<format type='qcow2'/>");
+        if let Some((mode, owner, group)) = &base_vol.permissions {
+            target += &format!(
+                "<permissions><mode>{}</mode><owner>{}</owner><group>{}</group></permissions>",
+                esc(mode),
+                esc(owner),
+                esc(group)
+            );
+        }
+        let xml = format!(
+            "<volume type='file'><name>{}</name>\
+               <capacity unit='bytes'>{virtual_size}</capacity><allocation unit='bytes'>0</allocation>\
+               <target>{target}</target>\
+               <backingStore><path>{}</path><format type='{}'/></backingStore>\
+             </volume>",
+            esc(&name),
+            esc(&base.to_string_lossy()),
+            esc(base_format),
+        );
+        // The volume API refuses a name that exists: nothing is ever replaced.
+        StorageVol::create_xml(&pool, &xml, 0)
+            .map(|_| ())
+            .map_err(|e| format!("creating {}: {}", overlay.display(), e.message()))
+    }
+
+    fn remove_image(&self, path: &Path) -> Result<(), String> {
+        let (_, vol, _) = self.volume(path)?;
+        vol.delete(0)
+            .map_err(|e| format!("deleting {}: {}", path.display(), e.message()))
+    }
+
+    fn hold(&self, path: &Path) -> Result<Hold, OpError> {
+        if self.local && std::fs::File::open(path).is_ok() {
+            return crate::overlay::image::hold_qemu_locks(path).map(|l| Hold(Some(l)));
+        }
+        Ok(Hold(None))
     }
 
     fn clean_up_interrupted(&self) -> Result<(), OpError> {

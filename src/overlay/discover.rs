@@ -24,6 +24,9 @@ pub struct DiskXml {
     pub xml_backing: Option<String>,
     /// `<source pool= volume=>` of a `type='volume'` disk.
     pub pool_volume: Option<(String, String)>,
+    /// `<readonly/>` or `<shareable/>`: the guest does not own the image alone.
+    pub readonly: bool,
+    pub shareable: bool,
 }
 
 /// Parses the `<disk>` elements of a domain XML.
@@ -56,6 +59,8 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DiskXml>, String> {
             driver_type: child("driver")
                 .and_then(|d| d.attribute("type"))
                 .map(str::to_string),
+            readonly: child("readonly").is_some(),
+            shareable: child("shareable").is_some(),
             pool_volume: child("source").and_then(|s| {
                 Some((
                     s.attribute("pool")?.to_string(),

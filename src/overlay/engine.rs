@@ -6,7 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::disposable::Probe;
 use super::error::{OpError, SkipReason};
+use super::image::QemuLocks;
 use super::qemu_img::QemuImgEngine;
 use super::types::{Engine, ManagedDisk, Phase, Progress, Stamp};
 
@@ -39,6 +41,26 @@ pub trait ImageEngine: Send + Sync {
     fn stamp(&self, disk: &ManagedDisk) -> Option<Stamp>;
     /// Replaces the overlay by an empty one over the same base.
     fn rebuild(&self, disk: &ManagedDisk) -> Result<(), String>;
+    /// Reads an image that is to become a base (adopt).
+    fn probe(&self, path: &Path) -> Result<Probe, SkipReason>;
+    /// Whether an image exists at `path`.
+    fn exists(&self, path: &Path) -> bool;
+    /// `Err(NotWritable)` unless a new image can be made beside `image`.
+    fn ensure_can_create(&self, image: &Path) -> Result<(), OpError>;
+    /// Creates an empty qcow2 overlay at `overlay` over `base` (never replacing a file), with
+    /// the base's owner, group and mode.
+    fn create_overlay(
+        &self,
+        base: &Path,
+        base_format: &str,
+        virtual_size: u64,
+        overlay: &Path,
+    ) -> Result<(), String>;
+    /// Removes an image file.
+    fn remove_image(&self, path: &Path) -> Result<(), String>;
+    /// Keeps QEMU from opening `path` until the guard is dropped, or refuses if someone has it
+    /// open now.
+    fn hold(&self, path: &Path) -> Result<Hold, OpError>;
     /// The last check right before the first write of `phase`: no other process holds the
     /// images it writes. An engine may already take hold of them here.
     fn prepare_write(&self, disk: &ManagedDisk, phase: Phase) -> Result<(), OpError> {
@@ -49,6 +71,10 @@ pub trait ImageEngine: Send + Sync {
         Ok(())
     }
 }
+
+/// What [`ImageEngine::hold`] holds: QEMU's own locks on an image, where they can be taken.
+#[derive(Debug)]
+pub struct Hold(pub Option<QemuLocks>);
 
 /// What the operations need to know about the domain; implemented over libvirt by
 /// `crate::libvirt::domains::LibvirtCheck`.
@@ -61,6 +87,24 @@ pub trait DomainCheck: Send {
     /// managed-save image, snapshots, checkpoints.
     fn ensure_no_saved_state(&self) -> Result<(), OpError> {
         Ok(())
+    }
+    /// The domain's persistent definition (the inactive XML).
+    fn inactive_xml(&self) -> Result<String, OpError> {
+        Err(OpError::NotFound {
+            what: "no domain definition".into(),
+        })
+    }
+    /// Points disk `target` of the persistent definition at `source` of `driver_type`,
+    /// changing nothing else in it.
+    fn redefine_disk(
+        &self,
+        target: &str,
+        _source: &Path,
+        _driver_type: &str,
+    ) -> Result<(), OpError> {
+        Err(OpError::NotFound {
+            what: format!("cannot redefine disk {target}: no domain"),
+        })
     }
     /// The domain's UEFI variables file (`<nvram>`), if it has one.
     fn nvram(&self) -> Option<PathBuf> {

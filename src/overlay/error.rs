@@ -176,6 +176,22 @@ pub enum OpError {
         nvram: PathBuf,
         reason: String,
     },
+    /// A disk that cannot be made disposable, and why.
+    NotAdoptable {
+        vm: String,
+        disk: String,
+        why: String,
+    },
+    /// The disk is already an overlay over a base.
+    AlreadyDisposable {
+        vm: String,
+        disk: String,
+    },
+    /// A release needs the pending changes committed or discarded first, and was not told which.
+    ReleaseWithChanges {
+        vm: String,
+        disk: String,
+    },
     /// Failed after it started writing. `data` says where the guest's data is now.
     Failed {
         op: super::OpKind,
@@ -233,6 +249,9 @@ impl OpError {
             Self::Checkpoints { .. } | Self::Bitmaps { .. } => 13,
             Self::BackingMismatch { .. } => 14,
             Self::FirmwareUnknown { .. } | Self::FirmwareUnreachable { .. } => 15,
+            Self::NotAdoptable { .. } => 4,
+            Self::AlreadyDisposable { .. } => 16,
+            Self::ReleaseWithChanges { .. } => 10,
         }
     }
 
@@ -304,6 +323,9 @@ impl std::fmt::Display for OpError {
             Self::InterruptedAndWritten { vm, overlay, base } => tr_f("an interrupted commit of {overlay} was not finished, because the overlay was written since ({vm} ran). The guest's data is intact: {overlay} holds all of it, and {base} holds part of the earlier session. Commit again to finish (`vmoverlay commit {vm}`); a discard is refused until then, because the base alone is not consistent.", &[("vm", vm), ("overlay", &p(overlay)), ("base", &p(base))]),
             Self::FirmwareUnknown { vm, nvram } => tr_f("the UEFI variables of {vm} ({nvram}) that go with its base are not known, so a discard would keep what its discarded sessions wrote there (boot entries, Secure Boot state). Nothing was changed. Commit once (VM Overlay then records them), or discard with --keep-firmware to keep the current variables.", &[("vm", vm), ("nvram", &p(nvram))]),
             Self::FirmwareUnreachable { vm, nvram, reason } => tr_f("the UEFI variables of {vm} ({nvram}) cannot be kept in step with its disk from here ({reason}). Nothing was changed. Run VM Overlay as a user who can read and write them, or discard with --keep-firmware to keep the current variables.", &[("vm", vm), ("nvram", &p(nvram)), ("reason", reason)]),
+            Self::NotAdoptable { vm, disk, why } => tr_f("disk {disk} of {vm} cannot be made disposable: {why}. Nothing was changed.", &[("disk", disk), ("vm", vm), ("why", why)]),
+            Self::AlreadyDisposable { vm, disk } => tr_f("disk {disk} of {vm} is already disposable (an overlay over a base). Nothing was changed.", &[("disk", disk), ("vm", vm)]),
+            Self::ReleaseWithChanges { vm, disk } => tr_f("disk {disk} of {vm} has changes that are neither committed nor discarded. Nothing was changed. Say which with --commit or --discard.", &[("disk", disk), ("vm", vm)]),
             Self::Failed { op, overlay, detail, data } => failed_sentence(*op, overlay, detail, data),
         };
         f.write_str(&text)

@@ -93,8 +93,13 @@ impl Journal {
     /// record that cannot be written whole (a full disk) is removed again, so a failed begin
     /// never leaves an empty record that would block the overlay.
     pub fn begin(&self, rec: &Record) -> std::io::Result<PathBuf> {
+        self.begin_entry(&rec.disk.overlay, rec)
+    }
+
+    /// As [`Journal::begin`], for any record kept under `overlay`'s name.
+    pub fn begin_entry(&self, overlay: &Path, rec: &impl Serialize) -> std::io::Result<PathBuf> {
         fs::create_dir_all(&self.dir)?;
-        let path = self.path_for(&rec.disk.overlay);
+        let path = self.path_for(overlay);
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -115,7 +120,12 @@ impl Journal {
 
     /// Replaces the record atomically.
     pub fn update(&self, rec: &Record) -> std::io::Result<()> {
-        let path = self.path_for(&rec.disk.overlay);
+        self.update_entry(&rec.disk.overlay, rec)
+    }
+
+    /// As [`Journal::update`], for any record kept under `overlay`'s name.
+    pub fn update_entry(&self, overlay: &Path, rec: &impl Serialize) -> std::io::Result<()> {
+        let path = self.path_for(overlay);
         let tmp = path.with_extension("json.tmp");
         let mut f = fs::File::create(&tmp)?;
         f.write_all(&serde_json::to_vec_pretty(rec)?)?;
@@ -175,8 +185,23 @@ impl Journal {
         serde_json::from_slice(&data).ok()
     }
 
-    /// Every record, oldest first. Unreadable files are reported, not deleted.
+    /// Every commit or discard record, oldest first. Unreadable files are reported, not
+    /// deleted; records of other kinds (adopt, release) are left to [`Journal::pending_of`].
     pub fn pending(&self) -> Vec<Result<Record, (PathBuf, String)>> {
+        self.pending_of::<Record>()
+            .into_iter()
+            .filter(|r| match r {
+                Err((p, _)) => fs::read(p)
+                    .ok()
+                    .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+                    .is_none_or(|v| v.get("change").is_none()),
+                Ok(_) => true,
+            })
+            .collect()
+    }
+
+    /// Every record that parses as `T`, oldest first (others are reported as errors).
+    pub fn pending_of<T: serde::de::DeserializeOwned>(&self) -> Vec<Result<T, (PathBuf, String)>> {
         let Ok(entries) = fs::read_dir(&self.dir) else {
             return Vec::new();
         };

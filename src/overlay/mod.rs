@@ -10,9 +10,11 @@
 //! - [`qemu_img`]: the `qemu-img` engine (the libvirt one is `crate::libvirt::engine`);
 //! - [`journal`]: the crash-safe record of operations in flight;
 //! - [`firmware`]: UEFI variables that follow the disks;
-//! - [`ops`]: the orchestration: preconditions, journal, writes, resume.
+//! - [`ops`]: the orchestration: preconditions, journal, writes, resume;
+//! - [`disposable`]: adopt (make a disk an overlay over its image) and release (the reverse).
 
 pub mod discover;
+pub mod disposable;
 pub mod engine;
 pub mod error;
 pub mod firmware;

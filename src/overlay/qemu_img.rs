@@ -9,7 +9,8 @@ use std::path::Path;
 use std::process::Stdio;
 
 use super::discover::inspect_overlay;
-use super::engine::ImageEngine;
+use super::disposable::Probe;
+use super::engine::{Hold, ImageEngine};
 use super::error::{OpError, SkipReason};
 use super::image;
 use super::journal::sync_dir;
@@ -89,6 +90,132 @@ impl ImageEngine for QemuImgEngine {
     fn rebuild(&self, disk: &ManagedDisk) -> Result<(), String> {
         rebuild(disk)
     }
+
+    fn probe(&self, path: &Path) -> Result<Probe, SkipReason> {
+        probe(path)
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        std::fs::symlink_metadata(path).is_ok()
+    }
+
+    fn ensure_can_create(&self, image: &Path) -> Result<(), OpError> {
+        let dir = image.parent().unwrap_or(Path::new("/"));
+        image::is_writable(dir).map_err(|reason| OpError::NotWritable {
+            what: format!("the directory {}", dir.display()),
+            reason,
+        })
+    }
+
+    fn create_overlay(
+        &self,
+        base: &Path,
+        base_format: &str,
+        virtual_size: u64,
+        overlay: &Path,
+    ) -> Result<(), String> {
+        create_overlay(base, base_format, virtual_size, overlay)
+    }
+
+    fn remove_image(&self, path: &Path) -> Result<(), String> {
+        std::fs::remove_file(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        sync_dir(path.parent().unwrap_or(Path::new("/"))).map_err(|e| e.to_string())
+    }
+
+    fn hold(&self, path: &Path) -> Result<Hold, OpError> {
+        image::hold_qemu_locks(path).map(|l| Hold(Some(l)))
+    }
+}
+
+/// An image's own header (no backing chain followed): what an adopt needs to know.
+pub fn probe(path: &Path) -> Result<Probe, SkipReason> {
+    let unreadable = |detail: String| SkipReason::Unreadable {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let out = image::qemu_img()
+        .args(["info", "--output=json", "-U"])
+        .arg(path)
+        .output()
+        .map_err(|e| unreadable(format!("cannot run qemu-img: {e}")))?;
+    if !out.status.success() {
+        return Err(unreadable(
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("qemu-img: ")
+                .to_string(),
+        ));
+    }
+    let layer: image::Layer = serde_json::from_slice(&out.stdout)
+        .map_err(|e| unreadable(format!("qemu-img info output: {e}")))?;
+    Ok(Probe {
+        snapshots: layer.snapshot_names(),
+        bitmaps: layer.bitmap_names(),
+        format: layer.format,
+        virtual_size: layer.virtual_size,
+        backing: layer.backing_filename,
+    })
+}
+
+/// Creates an empty overlay of `base` at `overlay`, never replacing an existing file: made
+/// under a temporary name, then linked to its name (which fails if that exists).
+pub fn create_overlay(
+    base: &Path,
+    base_format: &str,
+    virtual_size: u64,
+    overlay: &Path,
+) -> Result<(), String> {
+    let dir = overlay.parent().ok_or("the overlay has no directory")?;
+    let name = overlay
+        .file_name()
+        .ok_or("the overlay has no file name")?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{name}.vmoverlay-new"));
+    let meta = std::fs::metadata(base).map_err(|e| format!("{}: {e}", base.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    // Beside its base, the overlay names it relatively: the pair can be moved together.
+    let backing = if base.parent() == Some(dir) {
+        base.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    } else {
+        base.display().to_string()
+    };
+    let out = image::qemu_img()
+        .args([
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            base_format,
+            "-b",
+            &backing,
+        ])
+        .arg(&tmp)
+        .arg(virtual_size.to_string())
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!(
+            "creating the overlay: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let finish = || -> std::io::Result<()> {
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::hard_link(&tmp, overlay)?;
+        std::fs::remove_file(&tmp)?;
+        sync_dir(dir)
+    };
+    finish().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("creating {}: {e}", overlay.display())
+    })
 }
 
 /// What the images hold besides the guest's data, read with `qemu-img info` (no locks

@@ -70,8 +70,17 @@ pub fn qemu_io(path: &Path, cmds: &[&str]) {
 
 /// Does `path` (read through its whole chain, without locks) hold `pattern` at offset/len?
 pub fn reads_pattern(path: &Path, pattern: u8, offset: &str, len: &str) -> bool {
+    reads_pattern_as("qcow2", path, pattern, offset, len)
+}
+
+/// As [`reads_pattern`], for a raw image.
+pub fn reads_raw_pattern(path: &Path, pattern: u8, offset: &str, len: &str) -> bool {
+    reads_pattern_as("raw", path, pattern, offset, len)
+}
+
+fn reads_pattern_as(format: &str, path: &Path, pattern: u8, offset: &str, len: &str) -> bool {
     let out = Command::new("qemu-io")
-        .args(["-U", "-r", "-f", "qcow2", "-c"])
+        .args(["-U", "-r", "-f", format, "-c"])
         .arg(format!("read -P {pattern:#x} {offset} {len}"))
         .arg(path)
         .output()
