@@ -564,21 +564,7 @@ pub fn plan_adopt(
         .iter()
         .filter(|d| only.is_none_or(|t| t == d.target))
     {
-        let planned = if found.disks.managed.iter().any(|m| m.target == d.target) {
-            Err(OpError::AlreadyDisposable {
-                vm: vm.to_string(),
-                disk: d.target.clone(),
-            })
-        } else {
-            match disposable::definition_refusal(vm, d) {
-                Some(refusal) => Err(refusal),
-                None => {
-                    let image = Path::new(d.source.as_deref().unwrap_or_default());
-                    engine_for_image(ctx, check, image)
-                        .and_then(|images| disposable::plan_adopt(vm, d, images, &ctx.journal))
-                }
-            }
-        };
+        let planned = adopt_one(ctx, &found, vm, d);
         match planned {
             Ok(p) => disks.push(p),
             // The one disk asked for: its refusal is the answer.
@@ -606,6 +592,49 @@ pub fn plan_adopt(
         left,
         firmware,
     })
+}
+
+/// Plans adopting one disk of the definition.
+fn adopt_one(
+    ctx: &Context,
+    found: &Found,
+    vm: &str,
+    d: &crate::overlay::discover::DiskXml,
+) -> Result<AdoptPlan, OpError> {
+    if found.disks.managed.iter().any(|m| m.target == d.target) {
+        return Err(OpError::AlreadyDisposable {
+            vm: vm.to_string(),
+            disk: d.target.clone(),
+        });
+    }
+    if let Some(refusal) = disposable::definition_refusal(vm, d) {
+        return Err(refusal);
+    }
+    let image = Path::new(d.source.as_deref().unwrap_or_default());
+    let images = engine_for_image(ctx, &found.check, image)?;
+    disposable::plan_adopt(vm, d, images, &ctx.journal)
+}
+
+/// Whether each disk of `vm` that is not disposable yet could be made so (for `status` and
+/// the app): `None` if it can, or the refusal `adopt` would print. Writes nothing.
+pub fn adoptable(ctx: &Context, found: &Found, vm: &str) -> Vec<(String, Option<OpError>)> {
+    let Ok(xml) = found.check.inactive_xml() else {
+        return Vec::new();
+    };
+    let state = found
+        .check
+        .ensure_inactive()
+        .and_then(|_| found.check.ensure_no_saved_state())
+        .err();
+    parse_disks(&xml)
+        .unwrap_or_default()
+        .iter()
+        .filter(|d| !found.disks.managed.iter().any(|m| m.target == d.target))
+        .map(|d| {
+            let why = state.clone().or_else(|| adopt_one(ctx, found, vm, d).err());
+            (d.target.clone(), why)
+        })
+        .collect()
 }
 
 /// Makes the planned disks disposable, one after the other; stops at the first failure (the

@@ -89,6 +89,10 @@ fn an_ordinary_vm_becomes_disposable_and_back_with_nothing_lost() {
     assert!(marker_in(&o.vda), "{}", o.vm.console());
     let before = inactive_xml(uri, name);
     let (vda_sum, vdb_sum) = (checksum(&o.vda), checksum(&o.vdb));
+    let status = status_json(state.path(), uri, name);
+    for disk in status["skipped_disks"].as_array().unwrap() {
+        assert_eq!(disk["adoptable"], true, "{status}");
+    }
     let refused = run(&["adopt", name]);
     assert_eq!(refused.code, 10, "no --yes and no terminal: {refused:?}");
 

@@ -28,6 +28,8 @@ struct DomainReport {
     blocked: Option<OpError>,
     /// Only a discard would be refused (see [`jobs::Assessment::discard_blocked`]).
     discard_blocked: Option<OpError>,
+    /// Each disk that is not disposable: whether `adopt` could make it so.
+    adoptable: Vec<(String, Option<OpError>)>,
 }
 
 /// Maps `f` over `items` on a few threads, keeping the order. Discovery is bound by qemu-img
@@ -56,10 +58,11 @@ fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
 
 fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) -> DomainReport {
     let found = jobs::find(ctx, conn, uri, &d.name);
-    let (disks, blocked, discard_blocked) = match found {
-        Err(e) => (Err(e), None, None),
+    let (disks, blocked, discard_blocked, adoptable) = match found {
+        Err(e) => (Err(e), None, None, Vec::new()),
         Ok(found) => {
             let assessed = jobs::assess_found(ctx, &d.name, &found);
+            let adoptable = jobs::adoptable(ctx, &found, &d.name);
             let managed = found
                 .disks
                 .managed
@@ -73,6 +76,7 @@ fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) 
                 Ok((managed, found.disks.skipped)),
                 assessed.blocked,
                 assessed.discard_blocked,
+                adoptable,
             )
         }
     };
@@ -82,6 +86,7 @@ fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) 
         disks,
         blocked,
         discard_blocked,
+        adoptable,
     }
 }
 
@@ -126,9 +131,23 @@ fn report_json(ctx: &Context, r: &DomainReport) -> serde_json::Value {
             })
         })
         .collect();
+    let adoptable = |target: &str| -> serde_json::Value {
+        match r.adoptable.iter().find(|(t, _)| t == target) {
+            Some((_, None)) => json!(true),
+            Some((_, Some(e))) => json!({"why": e.to_string(), "exit_code": e.exit_code()}),
+            None => json!(false),
+        }
+    };
     let skipped: Vec<_> = skipped
         .iter()
-        .map(|d| json!({"target": d.target, "source": d.source, "reason": d.reason.to_string()}))
+        .map(|d| {
+            json!({
+                "target": d.target,
+                "source": d.source,
+                "reason": d.reason.to_string(),
+                "adoptable": adoptable(&d.target),
+            })
+        })
         .collect();
     // Only states of the VM block it; a domain without managed disks is simply not managed.
     let blocked: Vec<_> = r
