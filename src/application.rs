@@ -202,6 +202,63 @@ impl Application {
                 }
             })
             .build();
+        // "Make disposable…" and "Stop being disposable…" ask first; their answers act.
+        let adopt = gio::ActionEntry::builder("adopt")
+            .parameter_type(Some(VmKey::target_type()))
+            .activate(|app: &Self, _, target| {
+                if let Some(key) = target.and_then(VmKey::from_target) {
+                    crate::ui::confirm::adopt(app.upcast_ref(), &key);
+                }
+            })
+            .build();
+        let release = gio::ActionEntry::builder("release")
+            .parameter_type(Some(VmKey::target_type()))
+            .activate(|app: &Self, _, target| {
+                if let Some(key) = target.and_then(VmKey::from_target) {
+                    let changed = app
+                        .imp()
+                        .machine
+                        .borrow()
+                        .vms
+                        .get(&key)
+                        .and_then(|vm| vm.changed)
+                        .unwrap_or(0);
+                    crate::ui::confirm::release(app.upcast_ref(), &key, changed);
+                }
+            })
+            .build();
+        let make_disposable = gio::ActionEntry::builder("make-disposable")
+            .parameter_type(Some(VmKey::target_type()))
+            .activate(|app: &Self, _, target| {
+                if let Some(key) = target.and_then(VmKey::from_target) {
+                    app.input(Input::ChangeChosen {
+                        key,
+                        change: crate::overlay::disposable::Change::Adopt,
+                        changes: None,
+                    });
+                }
+            })
+            .build();
+        let stop_disposable = gio::ActionEntry::builder("stop-disposable")
+            .parameter_type(Some(glib::VariantTy::new("(sss)").expect("a type string")))
+            .activate(|app: &Self, _, target| {
+                let Some((uri, name, first)) =
+                    target.and_then(|t| t.get::<(String, String, String)>())
+                else {
+                    return;
+                };
+                let changes = match first.as_str() {
+                    "commit" => Some(crate::overlay::OpKind::Commit),
+                    "discard" => Some(crate::overlay::OpKind::Discard),
+                    _ => None,
+                };
+                app.input(Input::ChangeChosen {
+                    key: VmKey::new(&uri, &name),
+                    change: crate::overlay::disposable::Change::Release,
+                    changes,
+                });
+            })
+            .build();
         let show_status = gio::ActionEntry::builder("show-status")
             .activate(|app: &Self, _, _| app.show_status())
             .build();
@@ -213,6 +270,10 @@ impl Application {
             vm_action("discard", Choice::Discard),
             vm_action("later", Choice::Later),
             set_policy,
+            adopt,
+            release,
+            make_disposable,
+            stop_disposable,
             show_status,
             quit,
         ]);
@@ -281,6 +342,8 @@ impl Application {
             TrayAction::Commit(key) => self.activate_action("commit", Some(&key.target())),
             TrayAction::Discard(key) => self.activate_action("discard", Some(&key.target())),
             TrayAction::ShowStatus => self.activate_action("show-status", None),
+            TrayAction::Adopt(key) => self.activate_action("adopt", Some(&key.target())),
+            TrayAction::Release(key) => self.activate_action("release", Some(&key.target())),
             TrayAction::Quit => self.activate_action("quit", None),
             TrayAction::ToggleAutostart => self.toggle_autostart(),
             TrayAction::DemoPower(on) => self.demo_power(on),
@@ -410,6 +473,11 @@ impl Application {
                 }
             }
             Effect::StartJob { key, op } => self.start_job(key, op),
+            Effect::StartChange {
+                key,
+                change,
+                changes,
+            } => self.start_change(key, change, changes),
             Effect::SavePolicy { key, policy } => {
                 if let Err(e) = settings::save_policy(&key, policy) {
                     self.notify(crate::ui::notice::setting_not_saved(&e));
@@ -440,19 +508,72 @@ impl Application {
                         changed: a.changed,
                         blocked: a.blocked,
                         discard_blocked: a.discard_blocked,
+                        adoptable: a.adoptable,
                     })
                 })
                 .await;
                 let found = match found {
                     Ok(Ok(found)) => found,
                     Ok(Err(e)) => Inspection {
-                        changed: None,
                         blocked: Some(e),
-                        discard_blocked: None,
+                        ..Default::default()
                     },
                     Err(_) => Inspection::default(),
                 };
                 app.input(Input::Inspected { key, reason, found });
+            }
+        ));
+    }
+
+    fn start_change(
+        &self,
+        key: VmKey,
+        change: crate::overlay::disposable::Change,
+        changes: Option<crate::overlay::OpKind>,
+    ) {
+        use crate::overlay::disposable::Change;
+        let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
+        glib::spawn_future_local(glib::clone!(
+            #[weak(rename_to = app)]
+            self,
+            async move {
+                let k = key.clone();
+                let result = gio::spawn_blocking(move || {
+                    let conn = match conn {
+                        Some(c) => c,
+                        None => crate::libvirt::open(&k.uri, true).map_err(|e| {
+                            crate::overlay::OpError::NotFound {
+                                what: e.message().to_string(),
+                            }
+                        })?,
+                    };
+                    match change {
+                        Change::Adopt => jobs::plan_adopt(&ctx, &conn, &k.uri, &k.name, None)
+                            .and_then(|plan| jobs::adopt(&plan, &ctx)),
+                        Change::Release => {
+                            jobs::plan_release(&ctx, &conn, &k.uri, &k.name, None, changes)
+                                .and_then(|plan| jobs::release(plan, &ctx))
+                                .map(|_| ())
+                        }
+                    }
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::overlay::OpError::NotFound {
+                        what: "the change panicked".into(),
+                    })
+                });
+                hook::emit(
+                    "change-done",
+                    &key,
+                    serde_json::json!({"change": change.word(), "ok": result.is_ok(),
+                        "result": result.as_ref().err().map(|e| e.to_string())}),
+                );
+                app.input(Input::ChangeDone {
+                    key,
+                    change,
+                    result,
+                });
             }
         ));
     }
@@ -613,6 +734,8 @@ impl Application {
                     label: format!("{} — {}", r.key.name, r.subtitle),
                     can_act: r.can_act,
                     can_discard: r.can_discard,
+                    can_adopt: r.can_adopt,
+                    can_release: r.can_release,
                 })
                 .collect();
         }

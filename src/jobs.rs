@@ -282,6 +282,8 @@ pub struct Assessment {
     pub blocked: Option<OpError>,
     /// Why Discard (only) may not be offered: the firmware variables cannot follow the disk.
     pub discard_blocked: Option<OpError>,
+    /// No disk is disposable yet, and `adopt` could make the VM so.
+    pub adoptable: bool,
 }
 
 /// Looks at `vm` without writing or locking anything. Blocking.
@@ -293,10 +295,14 @@ pub fn assess(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Assessment 
                 changed: None,
                 blocked: Some(e),
                 discard_blocked: None,
+                adoptable: false,
             }
         }
     };
-    assess_found(ctx, vm, &found)
+    let mut assessed = assess_found(ctx, vm, &found);
+    assessed.adoptable = found.disks.managed.is_empty()
+        && adoptable(ctx, &found, vm).iter().any(|(_, e)| e.is_none());
+    assessed
 }
 
 /// As [`assess`], for disks already found.
@@ -308,6 +314,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
                 changed: None,
                 blocked: Some(e),
                 discard_blocked: None,
+                adoptable: false,
             }
         }
     };
@@ -321,6 +328,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
                     changed: None,
                     blocked: Some(e),
                     discard_blocked: None,
+                    adoptable: false,
                 }
             }
         }
@@ -362,6 +370,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
         changed: Some(changed),
         blocked,
         discard_blocked,
+        adoptable: false,
     }
 }
 
@@ -507,19 +516,18 @@ pub struct AdoptVm {
 
 /// The engine that works on an image that is not an overlay yet (as for a managed disk: this
 /// process where it can write, libvirtd otherwise).
-fn engine_for_image<'c>(
-    ctx: &Context,
-    check: &'c LibvirtCheck,
+fn engine_for_image(
+    choice: EngineChoice,
     image: &Path,
-) -> Result<&'c dyn crate::overlay::ImageEngine, OpError> {
+    local: bool,
+) -> Result<crate::overlay::Engine, OpError> {
     use crate::overlay::Engine;
-    let local = crate::libvirt::engine::is_local_uri(check.uri());
     let dir = image.parent().unwrap_or(Path::new("/"));
     let here = local
         && std::fs::File::open(image).is_ok()
         && image::is_writable(dir).is_ok()
         && image::is_writable(image).is_ok();
-    let engine = match ctx.engine {
+    let engine = match choice {
         EngineChoice::Only(e) => e,
         EngineChoice::Auto if here => Engine::QemuImg,
         EngineChoice::Auto => Engine::Libvirt,
@@ -527,13 +535,12 @@ fn engine_for_image<'c>(
     if engine == Engine::QemuImg && !local {
         return Err(OpError::NotFound {
             what: format!(
-                "{} is on the host of {}: only the libvirt engine can reach it",
+                "{} is on another host: only the libvirt engine can reach it",
                 image.display(),
-                check.uri()
             ),
         });
     }
-    check.images(engine)
+    Ok(engine)
 }
 
 /// Plans making `vm` disposable (every disk that can be, or only `only`). Blocking.
@@ -611,7 +618,9 @@ fn adopt_one(
         return Err(refusal);
     }
     let image = Path::new(d.source.as_deref().unwrap_or_default());
-    let images = engine_for_image(ctx, &found.check, image)?;
+    let local = crate::libvirt::engine::is_local_uri(found.check.uri());
+    let engine = engine_for_image(ctx.engine, image, local)?;
+    let images = found.check.images(engine)?;
     disposable::plan_adopt(vm, d, images, &ctx.journal)
 }
 

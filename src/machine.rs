@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::libvirt::{Lifecycle, MonitorEvent, StateKind, Stopped};
+use crate::overlay::disposable::Change;
 use crate::overlay::{OpError, OpKind};
 
 /// A VM is named by its connection and its name.
@@ -121,6 +122,10 @@ pub struct Vm {
     pub blocked_by: Option<OpError>,
     /// Why Discard (only) is not offered: the sentence `vmoverlay discard` prints.
     pub discard_blocked: Option<String>,
+    /// Not disposable yet, and `adopt` could make it so.
+    pub adoptable: bool,
+    /// An adopt or release of this VM is running.
+    pub changing: Option<Change>,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
@@ -142,6 +147,8 @@ pub struct Inspection {
     pub blocked: Option<OpError>,
     /// Discard alone would be refused (a UEFI VM whose base's variables are not known).
     pub discard_blocked: Option<OpError>,
+    /// It has no managed disk, and `adopt` could make it disposable.
+    pub adoptable: bool,
 }
 
 impl Inspection {
@@ -157,6 +164,12 @@ impl Inspection {
 /// sentence is chosen where it is shown.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
+    /// An adopt or a release ended.
+    Changed {
+        key: VmKey,
+        change: Change,
+        result: Result<(), OpError>,
+    },
     Done {
         key: VmKey,
         op: OpKind,
@@ -189,6 +202,19 @@ pub enum Input {
         key: VmKey,
         progress: f64,
     },
+    /// The user confirmed making the VM disposable (`None`) or ordinary again (with what
+    /// happens to pending changes).
+    ChangeChosen {
+        key: VmKey,
+        change: Change,
+        changes: Option<OpKind>,
+    },
+    /// An adopt or release ended.
+    ChangeDone {
+        key: VmKey,
+        change: Change,
+        result: Result<(), OpError>,
+    },
     /// A job ended: the bytes it committed or discarded, or why it failed.
     JobDone {
         key: VmKey,
@@ -199,11 +225,31 @@ pub enum Input {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Effect {
-    Inspect { key: VmKey, reason: InspectReason },
-    ShowPrompt { key: VmKey, decision: Decision },
-    ClosePrompt { key: VmKey },
-    StartJob { key: VmKey, op: OpKind },
-    SavePolicy { key: VmKey, policy: Policy },
+    Inspect {
+        key: VmKey,
+        reason: InspectReason,
+    },
+    ShowPrompt {
+        key: VmKey,
+        decision: Decision,
+    },
+    ClosePrompt {
+        key: VmKey,
+    },
+    StartJob {
+        key: VmKey,
+        op: OpKind,
+    },
+    SavePolicy {
+        key: VmKey,
+        policy: Policy,
+    },
+    /// Adopt or release the VM (`changes`: what happens to pending changes first).
+    StartChange {
+        key: VmKey,
+        change: Change,
+        changes: Option<OpKind>,
+    },
     Notify(Notice),
 }
 
@@ -255,7 +301,7 @@ impl Machine {
         self.vms
             .values()
             .map(|vm| {
-                if vm.job.is_some() || vm.engine_run.is_some() {
+                if vm.job.is_some() || vm.engine_run.is_some() || vm.changing.is_some() {
                     Summary::Busy
                 } else if vm.decision.is_some() {
                     Summary::Pending
@@ -293,6 +339,16 @@ impl Machine {
                 Vec::new()
             }
             Input::JobDone { key, op, result } => self.on_job_done(key, op, result),
+            Input::ChangeChosen {
+                key,
+                change,
+                changes,
+            } => self.on_change_chosen(key, change, changes),
+            Input::ChangeDone {
+                key,
+                change,
+                result,
+            } => self.on_change_done(key, change, result),
         }
     }
 
@@ -404,6 +460,7 @@ impl Machine {
         vm.blocked = found.blocked.as_ref().map(|e| e.to_string());
         vm.blocked_by = found.blocked.clone();
         vm.discard_blocked = found.discard_blocked.as_ref().map(|e| e.to_string());
+        vm.adoptable = found.adoptable;
         vm.changed = found.changed;
         let Some(changed) = found.changed else {
             if let Some(why) = &found.blocked {
@@ -512,6 +569,61 @@ impl Machine {
             key: key.clone(),
             policy,
         }]
+    }
+
+    fn on_change_chosen(
+        &mut self,
+        key: VmKey,
+        change: Change,
+        changes: Option<OpKind>,
+    ) -> Vec<Effect> {
+        let vm = self.vm(&key);
+        let possible = match change {
+            Change::Adopt => vm.adoptable,
+            Change::Release => vm.changed.is_some() && vm.blocked.is_none(),
+        };
+        if !possible || vm.active || vm.job.is_some() || vm.changing.is_some() {
+            return Vec::new();
+        }
+        vm.changing = Some(change);
+        let mut out = Vec::new();
+        if vm.prompt_open {
+            vm.prompt_open = false;
+            out.push(Effect::ClosePrompt { key: key.clone() });
+        }
+        out.push(Effect::StartChange {
+            key,
+            change,
+            changes,
+        });
+        out
+    }
+
+    fn on_change_done(
+        &mut self,
+        key: VmKey,
+        change: Change,
+        result: Result<(), OpError>,
+    ) -> Vec<Effect> {
+        let vm = self.vm(&key);
+        vm.changing = None;
+        vm.decision = None;
+        let notice = Notice::Changed {
+            key: key.clone(),
+            change,
+            result: result.clone(),
+        };
+        vm.last_result = Some(notice.clone());
+        let mut out = vec![Effect::Notify(notice)];
+        if result.is_ok() && change == Change::Adopt && vm.policy != Policy::Ask {
+            // A VM made disposable asks after each session.
+            out.extend(self.set_policy(&key, Policy::Ask));
+        }
+        out.push(Effect::Inspect {
+            key,
+            reason: InspectReason::Refresh,
+        });
+        out
     }
 
     fn on_job_done(&mut self, key: VmKey, op: OpKind, result: Result<u64, OpError>) -> Vec<Effect> {
@@ -916,7 +1028,7 @@ mod tests {
                 found: Inspection {
                     changed: Some(4096),
                     blocked: Some(blocked.clone()),
-                    discard_blocked: None,
+                    ..Default::default()
                 },
             });
             assert_eq!(
@@ -959,8 +1071,8 @@ mod tests {
             reason: stopped_clean(),
             found: Inspection {
                 changed: Some(7),
-                blocked: None,
                 discard_blocked: Some(no_fw.clone()),
+                ..Default::default()
             },
         });
         // "Always discard" asks instead, with Discard not among the answers.
@@ -990,5 +1102,58 @@ mod tests {
             key: key("a"),
             op: OpKind::Commit
         }));
+    }
+
+    #[test]
+    fn adopt_and_release_run_once_and_adopt_sets_the_policy_to_ask() {
+        let mut m = Machine::new([(key("a"), Policy::AlwaysDiscard)].into());
+        m.handle(connected(&[("a", 5, 1)]));
+        // Not adoptable yet (not inspected): nothing happens.
+        let adopt = Input::ChangeChosen {
+            key: key("a"),
+            change: Change::Adopt,
+            changes: None,
+        };
+        assert!(m.handle(adopt.clone()).is_empty());
+        m.handle(Input::Inspected {
+            key: key("a"),
+            reason: InspectReason::Startup,
+            found: Inspection {
+                adoptable: true,
+                ..Default::default()
+            },
+        });
+        assert_eq!(
+            m.handle(adopt.clone()),
+            vec![Effect::StartChange {
+                key: key("a"),
+                change: Change::Adopt,
+                changes: None
+            }]
+        );
+        assert_eq!(m.summary(), Summary::Busy);
+        assert!(m.handle(adopt).is_empty(), "not twice");
+        let out = m.handle(Input::ChangeDone {
+            key: key("a"),
+            change: Change::Adopt,
+            result: Ok(()),
+        });
+        assert!(out.contains(&Effect::SavePolicy {
+            key: key("a"),
+            policy: Policy::Ask
+        }));
+        assert_eq!(m.vms[&key("a")].policy, Policy::Ask);
+        // Release needs a managed disk.
+        m.handle(Input::Inspected {
+            key: key("a"),
+            reason: InspectReason::Refresh,
+            found: Inspection::changed(5),
+        });
+        let out = m.handle(Input::ChangeChosen {
+            key: key("a"),
+            change: Change::Release,
+            changes: Some(OpKind::Discard),
+        });
+        assert!(matches!(out[0], Effect::StartChange { .. }), "{out:?}");
     }
 }

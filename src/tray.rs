@@ -10,6 +10,9 @@ pub enum TrayAction {
     Commit(VmKey),
     Discard(VmKey),
     ShowStatus,
+    /// "Make disposable…" / "Stop being disposable…": they ask first.
+    Adopt(VmKey),
+    Release(VmKey),
     ToggleAutostart,
     /// `--demo` only: start (true) or shut down the demo guest.
     DemoPower(bool),
@@ -23,6 +26,8 @@ pub struct TrayVm {
     pub label: String,
     pub can_act: bool,
     pub can_discard: bool,
+    pub can_adopt: bool,
+    pub can_release: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +91,31 @@ pub fn pixmap(summary: Summary, size: i32) -> ksni::Icon {
         height: size,
         data,
     }
+}
+
+/// "Make disposable…" for a VM that could be, "Stop being disposable…" for one that is.
+fn disposable_items(vm: &TrayVm) -> Vec<ksni::MenuItem<VmTray>> {
+    use ksni::menu::StandardItem;
+    let key = vm.key.clone();
+    let item = |label: String, action: fn(VmKey) -> TrayAction| {
+        let key = key.clone();
+        StandardItem {
+            label,
+            activate: Box::new(move |t: &mut VmTray| {
+                let _ = t.tx.try_send(action(key.clone()));
+            }),
+            ..Default::default()
+        }
+        .into()
+    };
+    let mut items = Vec::new();
+    if vm.can_adopt {
+        items.push(item(tr("Make disposable…"), TrayAction::Adopt));
+    }
+    if vm.can_release {
+        items.push(item(tr("Stop being disposable…"), TrayAction::Release));
+    }
+    items
 }
 
 impl ksni::Tray for VmTray {
@@ -172,7 +202,10 @@ impl ksni::Tray for VmTray {
                             ..Default::default()
                         }
                         .into(),
-                    ],
+                    ]
+                    .into_iter()
+                    .chain(disposable_items(vm))
+                    .collect(),
                     ..Default::default()
                 }
                 .into(),

@@ -83,6 +83,8 @@ fn row(name: &str, subtitle: &str, can_act: bool) -> Row {
         progress: None,
         can_act,
         can_discard: can_act,
+        can_adopt: false,
+        can_release: false,
         last: None,
         blocked: None,
     }

@@ -2,6 +2,7 @@
 //! gresource), and the sentences notifications carry. They act through the application's
 //! actions and know nothing of libvirt or the images.
 
+pub mod confirm;
 pub mod notice;
 pub mod prompt;
 mod resources;

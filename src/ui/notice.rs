@@ -3,6 +3,7 @@
 
 use crate::i18n::{tr, tr_f};
 use crate::machine::{Notice, VmKey};
+use crate::overlay::disposable::Change;
 use crate::overlay::{OpError, OpKind, Outcome};
 use crate::units::human_bytes;
 
@@ -60,6 +61,41 @@ pub fn of(notice: &Notice) -> Notification {
             body: error.to_string(),
             error: true,
         },
+        Notice::Changed {
+            key,
+            change,
+            result,
+        } => {
+            let name = key.name.as_str();
+            let (title, body, error) = match (change, result) {
+                (Change::Adopt, Ok(())) => (
+                    tr_f("{vm} is disposable", &[("vm", name)]),
+                    tr("From now on you are asked after each session whether to commit or discard its changes."),
+                    false,
+                ),
+                (Change::Release, Ok(())) => (
+                    tr_f("{vm} is no longer disposable", &[("vm", name)]),
+                    tr("Its disks use their base images directly."),
+                    false,
+                ),
+                (Change::Adopt, Err(e)) => (
+                    tr_f("{vm} could not be made disposable", &[("vm", name)]),
+                    e.to_string(),
+                    true,
+                ),
+                (Change::Release, Err(e)) => (
+                    tr_f("{vm} could not stop being disposable", &[("vm", name)]),
+                    e.to_string(),
+                    true,
+                ),
+            };
+            Notification {
+                id: about(key),
+                title,
+                body,
+                error,
+            }
+        }
         Notice::Blocked { key, error } => Notification {
             id: about(key),
             title: tr_f(

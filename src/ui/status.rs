@@ -24,6 +24,10 @@ pub struct Row {
     pub can_act: bool,
     /// Discard is offered (not when the firmware variables could not follow the disk).
     pub can_discard: bool,
+    /// "Make disposable…" is offered (a VM that is not disposable yet, and could be).
+    pub can_adopt: bool,
+    /// "Stop being disposable…" is offered.
+    pub can_release: bool,
     /// The last operation's result (status window only; the tray keeps labels short).
     pub last: Option<String>,
     /// Why Commit and Discard are not offered (see [`Vm::blocked`]); `can_act` is then false.
@@ -73,7 +77,11 @@ impl Row {
             && vm.changed.is_some_and(|n| n > 0)
             && vm.keep_overlay.is_none()
             && vm.blocked.is_none();
+        let idle =
+            !vm.active && vm.job.is_none() && vm.changing.is_none() && vm.engine_run.is_none();
         Row {
+            can_adopt: idle && vm.adoptable,
+            can_release: idle && vm.changed.is_some() && vm.blocked.is_none(),
             key: key.clone(),
             subtitle: parts.join(", "),
             progress: vm.job.as_ref().map(|j| j.progress),

@@ -21,6 +21,8 @@ pub struct Shown {
     pub progress: Option<f64>,
     pub can_act: bool,
     pub can_discard: bool,
+    pub can_adopt: bool,
+    pub can_release: bool,
     pub blocked: Option<String>,
     pub last: Option<String>,
 }
@@ -32,6 +34,8 @@ impl Shown {
             progress: row.progress,
             can_act: row.can_act && row.blocked.is_none(),
             can_discard: row.can_discard && row.can_act && row.blocked.is_none(),
+            can_adopt: row.can_adopt,
+            can_release: row.can_release,
             blocked: row.blocked.clone(),
             last: row.last.clone(),
         }
@@ -60,6 +64,10 @@ mod imp {
     pub struct VmRow {
         #[template_child]
         pub progress: TemplateChild<gtk::ProgressBar>,
+        #[template_child]
+        pub adopt: TemplateChild<gtk::Button>,
+        #[template_child]
+        pub release: TemplateChild<gtk::Button>,
         #[template_child]
         pub discard: TemplateChild<gtk::Button>,
         #[template_child]
@@ -102,7 +110,7 @@ impl VmRow {
         let row: VmRow = glib::Object::new();
         row.set_title(&key.name);
         let imp = row.imp();
-        for button in [&*imp.discard, &*imp.commit] {
+        for button in [&*imp.discard, &*imp.commit, &*imp.adopt, &*imp.release] {
             // The target first: the action helper checks it against the action's parameter
             // type when the name is set.
             button.set_action_target_value(Some(&key.target()));
@@ -122,6 +130,10 @@ impl VmRow {
         if old.as_ref().map(|o| &o.subtitle) != Some(&new.subtitle) {
             self.set_subtitle(&new.subtitle);
         }
+        // Shown only where they apply: an ordinary VM is not offered Commit, a disposable one
+        // not "Make disposable".
+        imp.adopt.set_visible(new.can_adopt);
+        imp.release.set_visible(new.can_release);
         if old.as_ref().map(|o| o.progress) != Some(new.progress) {
             match new.progress {
                 Some(f) => {
@@ -143,6 +155,8 @@ impl VmRow {
                 "blocked": new.blocked,
                 "can_act": new.can_act,
                 "can_discard": new.can_discard,
+                "can_adopt": new.can_adopt,
+                "can_release": new.can_release,
                 "progress": new.progress,
                 "last": new.last,
             }),
