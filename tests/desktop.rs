@@ -646,3 +646,83 @@ fn x11_refused_vms_show_the_clis_reason_in_the_status_window() {
     std::thread::sleep(Duration::from_millis(2500));
     s.screenshot("x11-status-refused.png");
 }
+
+/// The id of the menu entry `label` under `parent`, once the tray shows it.
+fn wait_item(s: &Session, item: &str, parent: &str, label: &str) -> i64 {
+    let id = std::cell::Cell::new(None);
+    wait_menu(s, item, label, |_| {
+        id.set(find_item(&s.menu(item), parent, label));
+        id.get().is_some()
+    });
+    id.get().unwrap()
+}
+
+/// Clicks button `index` of `count` laid out evenly at the bottom of a dialog window.
+fn click_dialog_button(s: &Session, title: &str, index: i64, count: i64) {
+    let win = xdotool(s, &["search", "--name", title]);
+    let win = win
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no window named {title:?}"))
+        .to_string();
+    let geo = xdotool(s, &["getwindowgeometry", "--shell", &win]);
+    let val = |k: &str| -> i64 {
+        geo.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k} in {geo}"))
+    };
+    let x = val("X") + val("WIDTH") * (2 * index + 1) / (2 * count);
+    let y = val("Y") + val("HEIGHT") - 27;
+    xdotool(
+        s,
+        &["mousemove", &x.to_string(), &y.to_string(), "click", "1"],
+    );
+}
+
+/// "Make disposable…" from the tray menu, confirmed with the mouse in its dialog, makes an
+/// ordinary VM disposable for real; "Stop being disposable…" makes it ordinary again.
+#[test]
+fn x11_make_disposable_and_back_through_the_tray_and_its_dialog() {
+    let bed = testbed_shared();
+    let s = Session::start(Kind::X11);
+    let o = common::vm_state::ordinary(&bed.uri, "vmo-ui-adopt");
+    let name = o.vm.name.clone();
+    let before = virsh(&bed.uri, &["dumpxml", "--inactive", &name]);
+    let (_app, hook) = start_app(&s, &["--connect", &bed.uri]);
+    hook.wait("tray-ready", Duration::from_secs(20), |v| {
+        v["event"] == "tray-ready"
+    });
+    let item = our_item(&s);
+    let parent = format!("{name} —");
+    s.click(&item, wait_item(&s, &item, &parent, "Make disposable…"));
+    hook.wait("the question", Duration::from_secs(20), |v| {
+        is(v, "confirm-mapped", &name)
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    s.screenshot("x11-make-disposable.png");
+    click_dialog_button(&s, "disposable?", 1, 2);
+    let done = hook.wait("the adopt", Duration::from_secs(60), |v| {
+        is(v, "change-done", &name)
+    });
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    let overlay = common::vm_state::overlay_of(&o.vda);
+    assert!(overlay.is_file());
+    let xml = virsh(&bed.uri, &["dumpxml", "--inactive", &name]);
+    assert!(xml.contains(&format!("'{}'", overlay.display())), "{xml}");
+    // Made ordinary again from the same menu (its overlays are empty: nothing to decide).
+    s.click(
+        &item,
+        wait_item(&s, &item, &parent, "Stop being disposable…"),
+    );
+    hook.wait_count("the second question", Duration::from_secs(20), 2, |v| {
+        is(v, "confirm-mapped", &name)
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    click_dialog_button(&s, "Stop making", 1, 2);
+    hook.wait_count("the release", Duration::from_secs(60), 2, |v| {
+        is(v, "change-done", &name) && v["extra"]["ok"] == true
+    });
+    assert!(!overlay.exists());
+    assert_eq!(virsh(&bed.uri, &["dumpxml", "--inactive", &name]), before);
+}

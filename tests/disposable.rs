@@ -4,72 +4,19 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use common::guest::{qemu_img, read_image, Behaviour};
+use common::guest::read_image;
 use common::images::{changed, checksum, qemu_io};
 use common::vm_state::*;
 use common::{testbed_shared, virsh};
-
-const MARKER: &str = "ADOPT-MARKER";
-const OFFSET: u64 = 3 << 20;
-
-/// A shut-off VM that is not disposable: vda is the tiny guest's disk made a standalone qcow2
-/// (it writes its marker there at each boot), vdb a raw data disk with 0x33 in its first MiB.
-struct Ordinary {
-    vm: StateVm,
-    vda: PathBuf,
-    vdb: PathBuf,
-}
-
-fn ordinary(uri: &str, name: &str) -> Ordinary {
-    let vm = StateVm::define(
-        uri,
-        name,
-        &Behaviour {
-            marker: Some(MARKER.into()),
-            offset: OFFSET,
-            hold_secs: 0,
-        },
-    );
-    // The tiny guest's overlay, cut loose from its (empty) base: an ordinary qcow2 image.
-    let vda = vm.dir.path().join("system.qcow2");
-    std::fs::rename(&vm.overlay, &vda).unwrap();
-    qemu_img(&["rebase", "-u", "-b", "", vda.to_str().unwrap()]);
-    let vdb = vm.dir.path().join("data.raw");
-    qemu_img(&["create", "-q", "-f", "raw", vdb.to_str().unwrap(), "8M"]);
-    let st = std::process::Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0x33 0 1M"])
-        .arg(&vdb)
-        .output()
-        .unwrap();
-    assert!(st.status.success());
-    let overlay = vm.overlay.display().to_string();
-    vm.edit_xml(|xml| {
-        xml.replace(&overlay, vda.to_str().unwrap()).replacen(
-            "</disk>",
-            &format!(
-                "</disk>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      \
-                 <source file='{}'/>\n      <target dev='vdb' bus='virtio'/>\n    </disk>",
-                vdb.display()
-            ),
-            1,
-        )
-    });
-    Ordinary { vm, vda, vdb }
-}
 
 fn inactive_xml(uri: &str, name: &str) -> String {
     virsh(uri, &["dumpxml", "--inactive", name])
 }
 
-fn overlay_of(image: &Path) -> PathBuf {
-    let stem = image.file_stem().unwrap().to_string_lossy().into_owned();
-    image.with_file_name(format!("{stem}.overlay.qcow2"))
-}
-
 fn marker_in(path: &Path) -> bool {
-    read_image(path, OFFSET, MARKER.len()) == MARKER.as_bytes()
+    read_image(path, MARKER_OFFSET, MARKER.len()) == MARKER.as_bytes()
 }
 
 #[test]

@@ -21,7 +21,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-use super::guest::{Behaviour, TestVm};
+use super::guest::{qemu_img, Behaviour, TestVm};
 use super::images::{create_overlay, qemu_io, snapshot};
 use super::{bin, virsh};
 
@@ -340,4 +340,59 @@ pub fn assert_both_refused(
         }
     }
     commit_err
+}
+
+/// The marker the ordinary VM's guest writes at each boot, and where.
+pub const MARKER: &str = "ADOPT-MARKER";
+pub const MARKER_OFFSET: u64 = 3 << 20;
+
+/// A shut-off VM that is not disposable: vda is the tiny guest's disk made a standalone qcow2
+/// (it writes its marker there at each boot), vdb a raw data disk with 0x33 in its first MiB.
+pub struct Ordinary {
+    pub vm: StateVm,
+    pub vda: PathBuf,
+    pub vdb: PathBuf,
+}
+
+pub fn ordinary(uri: &str, name: &str) -> Ordinary {
+    let vm = StateVm::define(
+        uri,
+        name,
+        &Behaviour {
+            marker: Some(MARKER.into()),
+            offset: MARKER_OFFSET,
+            hold_secs: 0,
+        },
+    );
+    // The tiny guest's overlay, cut loose from its (empty) base: an ordinary qcow2 image.
+    let vda = vm.dir.path().join("system.qcow2");
+    std::fs::rename(&vm.overlay, &vda).unwrap();
+    qemu_img(&["rebase", "-u", "-b", "", vda.to_str().unwrap()]);
+    let vdb = vm.dir.path().join("data.raw");
+    qemu_img(&["create", "-q", "-f", "raw", vdb.to_str().unwrap(), "8M"]);
+    let st = std::process::Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x33 0 1M"])
+        .arg(&vdb)
+        .output()
+        .unwrap();
+    assert!(st.status.success());
+    let overlay = vm.overlay.display().to_string();
+    vm.edit_xml(|xml| {
+        xml.replace(&overlay, vda.to_str().unwrap()).replacen(
+            "</disk>",
+            &format!(
+                "</disk>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n      \
+                 <source file='{}'/>\n      <target dev='vdb' bus='virtio'/>\n    </disk>",
+                vdb.display()
+            ),
+            1,
+        )
+    });
+    Ordinary { vm, vda, vdb }
+}
+
+/// Where `adopt` puts the overlay of `image`.
+pub fn overlay_of(image: &Path) -> PathBuf {
+    let stem = image.file_stem().unwrap().to_string_lossy().into_owned();
+    image.with_file_name(format!("{stem}.overlay.qcow2"))
 }
