@@ -554,3 +554,54 @@ impl Drop for ChildGuard {
         self.kill();
     }
 }
+
+/// `nobody` makes an ordinary VM with root-owned 0600 images disposable and back, through
+/// libvirtd (the volume API creates and deletes the overlays), over the local socket and over
+/// the "remote" `qemu+tcp://` connection.
+#[test]
+fn nobody_adopts_and_releases_root_images_through_libvirtd() {
+    let bed = testbed_shared();
+    let tcp = String::from_utf8(
+        Command::new(common::testbed_script())
+            .arg("tcp-uri")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    for (uri, name) in [(&bed.uri, "vmo-lv-adopt"), (&tcp, "vmo-lv-adopt-tcp")] {
+        let o = common::vm_state::ordinary(&bed.uri, name);
+        for p in [&o.vda, &o.vdb] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        std::fs::set_permissions(o.vm.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let before = virsh(&bed.uri, &["dumpxml", "--inactive", name]);
+        let home = nobody_home();
+        let adopted = run_as_nobody(home.path(), &["adopt", name, "--yes", "--connect", uri]);
+        assert_eq!(code(&adopted), 0, "{uri}: {}", text(&adopted));
+        let (ov_a, ov_b) = (
+            common::vm_state::overlay_of(&o.vda),
+            common::vm_state::overlay_of(&o.vdb),
+        );
+        for ov in [&ov_a, &ov_b] {
+            assert_eq!(owner_and_mode(ov), (0, 0o600), "{uri}: {}", ov.display());
+            assert_eq!(changed(ov), 0);
+        }
+        let xml = virsh(&bed.uri, &["dumpxml", "--inactive", name]);
+        assert!(xml.contains(&format!("'{}'", ov_a.display())), "{xml}");
+        let status = status_disk(home.path(), uri, name);
+        assert_eq!(status["engine"], "libvirt", "{uri}: {status}");
+        // A session's write, then release with --commit: it lands in the raw image.
+        qemu_io(&ov_b, &["write -P 0x71 1M 1M"]);
+        let released = run_as_nobody(
+            home.path(),
+            &["release", name, "--yes", "--commit", "--connect", uri],
+        );
+        assert_eq!(code(&released), 0, "{uri}: {}", text(&released));
+        assert!(!ov_a.exists() && !ov_b.exists(), "{uri}: overlays removed");
+        assert_eq!(virsh(&bed.uri, &["dumpxml", "--inactive", name]), before);
+        assert!(common::images::reads_raw_pattern(&o.vdb, 0x71, "1M", "1M"));
+    }
+}
