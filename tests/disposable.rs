@@ -289,3 +289,44 @@ fn killing_adopt_or_release_at_any_point_leaves_a_working_vm() {
         "only {killed} runs were killed before they ended"
     );
 }
+
+/// A UEFI VM: adopting records its firmware variables as the base's, so a discard after the
+/// next session puts them back; releasing leaves the current ones.
+#[test]
+fn adopting_a_uefi_vm_records_its_firmware_variables() {
+    let bed = testbed_shared();
+    let uri = bed.uri.as_str();
+    let state = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--connect", uri]);
+        vmoverlay(state.path(), &all)
+    };
+    let o = ordinary(uri, "vmo-adopt-uefi");
+    let name = o.vm.name.as_str();
+    let nvram = o.vm.make_uefi();
+    o.vm.boot_to_power_off();
+    let at_adopt = std::fs::read(&nvram).unwrap();
+    let adopted = run(&["adopt", name, "--yes"]);
+    assert_eq!(adopted.code, 0, "{adopted:?}");
+    let status = status_json(state.path(), uri, name);
+    assert!(status["discard_blocked"].is_null(), "{status}");
+    o.vm.boot_to_power_off();
+    assert_ne!(
+        std::fs::read(&nvram).unwrap(),
+        at_adopt,
+        "the session wrote variables"
+    );
+    let discard = run(&["discard", name, "--yes"]);
+    assert_eq!(discard.code, 0, "{discard:?}");
+    assert_eq!(std::fs::read(&nvram).unwrap(), at_adopt);
+    o.vm.boot_to_power_off();
+    let current = std::fs::read(&nvram).unwrap();
+    let released = run(&["release", name, "--yes", "--commit"]);
+    assert_eq!(released.code, 0, "{released:?}");
+    assert_eq!(
+        std::fs::read(&nvram).unwrap(),
+        current,
+        "release leaves them"
+    );
+}

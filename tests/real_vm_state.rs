@@ -489,24 +489,7 @@ fn a_uefi_guests_firmware_variables_follow_its_disk() {
         ..Default::default()
     };
     let vm = StateVm::define(&bed.uri, name, &behaviour);
-    let nvram = vm.dir.path().join(format!("{name}_VARS.fd"));
-    for f in ["OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"] {
-        assert!(
-            Path::new("/usr/share/OVMF").join(f).is_file(),
-            "this test needs Debian's ovmf package (tests/testbed/testbed.sh install)"
-        );
-    }
-    vm.edit_xml(|xml| {
-        xml.replacen(
-            "</os>",
-            &format!(
-                "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
-                 <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{}</nvram></os>",
-                nvram.display()
-            ),
-            1,
-        )
-    });
+    let nvram = vm.make_uefi();
     let uri = bed.uri.as_str();
     let run = |args: &[&str]| {
         let mut all = args.to_vec();

@@ -87,6 +87,30 @@ impl StateVm {
         std::fs::remove_file(&path).unwrap();
     }
 
+    /// Boots through UEFI from now on (Debian's OVMF, pflash), with its variables in a file
+    /// beside the images (libvirt makes it from the template at the first start).
+    pub fn make_uefi(&self) -> std::path::PathBuf {
+        for f in ["OVMF_CODE_4M.fd", "OVMF_VARS_4M.fd"] {
+            assert!(
+                Path::new("/usr/share/OVMF").join(f).is_file(),
+                "this test needs Debian's ovmf package (tests/testbed/testbed.sh install)"
+            );
+        }
+        let nvram = self.dir.path().join(format!("{}_VARS.fd", self.name));
+        self.edit_xml(|xml| {
+            xml.replacen(
+                "</os>",
+                &format!(
+                    "<loader readonly='yes' type='pflash'>/usr/share/OVMF/OVMF_CODE_4M.fd</loader>\
+                     <nvram template='/usr/share/OVMF/OVMF_VARS_4M.fd'>{}</nvram></os>",
+                    nvram.display()
+                ),
+                1,
+            )
+        });
+        nvram
+    }
+
     /// Writes `<backingStore>` naming `file` under the disk vda of the persistent XML.
     pub fn set_xml_backing_store(&self, file: &Path) {
         let store = format!(
