@@ -127,6 +127,19 @@ pub fn run(cli: Cli, argv: Vec<String>) -> i32 {
     i32::from(app.run_with_args(&argv))
 }
 
+/// The monitor's connection to `uri` if it has one, else a new read-only one (blocking).
+fn connection(
+    monitors: Option<virt::connect::Connect>,
+    uri: &str,
+) -> Result<virt::connect::Connect, crate::overlay::OpError> {
+    match monitors {
+        Some(c) => Ok(c),
+        None => crate::libvirt::open(uri, true).map_err(|e| crate::overlay::OpError::NotFound {
+            what: e.message().to_string(),
+        }),
+    }
+}
+
 impl Application {
     /// Sets everything up for the first launch.
     fn start(&self, cli: &Cli) -> Result<(), String> {
@@ -495,14 +508,7 @@ impl Application {
             async move {
                 let k = key.clone();
                 let found = gio::spawn_blocking(move || {
-                    let conn = match conn {
-                        Some(c) => c,
-                        None => crate::libvirt::open(&k.uri, true).map_err(|e| {
-                            crate::overlay::OpError::NotFound {
-                                what: e.message().to_string(),
-                            }
-                        })?,
-                    };
+                    let conn = connection(conn, &k.uri)?;
                     let a = jobs::assess(&ctx, &conn, &k.uri, &k.name);
                     Ok::<_, crate::overlay::OpError>(Inspection {
                         changed: a.changed,
@@ -539,14 +545,7 @@ impl Application {
             async move {
                 let k = key.clone();
                 let result = gio::spawn_blocking(move || {
-                    let conn = match conn {
-                        Some(c) => c,
-                        None => crate::libvirt::open(&k.uri, true).map_err(|e| {
-                            crate::overlay::OpError::NotFound {
-                                what: e.message().to_string(),
-                            }
-                        })?,
-                    };
+                    let conn = connection(conn, &k.uri)?;
                     match change {
                         Change::Adopt => jobs::plan_adopt(&ctx, &conn, &k.uri, &k.name, None)
                             .and_then(|plan| jobs::adopt(&plan, &ctx)),
@@ -586,14 +585,7 @@ impl Application {
             async move {
                 let (k, plan_ctx) = (key.clone(), ctx.clone());
                 let plan = gio::spawn_blocking(move || {
-                    let conn = match conn {
-                        Some(c) => c,
-                        None => crate::libvirt::open(&k.uri, true).map_err(|e| {
-                            crate::overlay::OpError::NotFound {
-                                what: e.message().to_string(),
-                            }
-                        })?,
-                    };
+                    let conn = connection(conn, &k.uri)?;
                     jobs::plan(
                         &plan_ctx,
                         &conn,

@@ -76,31 +76,13 @@ fn xdotool(s: &Session, args: &[&str]) -> String {
 /// Clicks one of the prompt's three responses (Discard | Later | Commit, left to right) with
 /// the mouse, as a person would.
 fn click_response(s: &Session, title: &str, response: &str) {
-    let win = xdotool(s, &["search", "--name", title]);
-    let win = win
-        .lines()
-        .next()
-        .unwrap_or_else(|| panic!("no window named {title:?}"))
-        .to_string();
-    let geo = xdotool(s, &["getwindowgeometry", "--shell", &win]);
-    let val = |k: &str| -> i64 {
-        geo.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{k} in {geo}"))
-    };
     let column = match response {
-        "discard" => 1,
-        "later" => 3,
-        "commit" => 5,
+        "discard" => 0,
+        "later" => 1,
+        "commit" => 2,
         other => panic!("no response {other}"),
     };
-    let x = val("X") + val("WIDTH") * column / 6;
-    let y = val("Y") + val("HEIGHT") - 27;
-    xdotool(
-        s,
-        &["mousemove", &x.to_string(), &y.to_string(), "click", "1"],
-    );
+    click_dialog_button(s, title, column, 3);
 }
 
 fn is(v: &serde_json::Value, event: &str, vm: &str) -> bool {
@@ -442,7 +424,7 @@ fn find_toggle_state(layout: &serde_json::Value, label: &str) -> Option<i64> {
 }
 
 fn common_wait(f: impl Fn() -> bool, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !f() {
         assert!(
             std::time::Instant::now() < deadline,

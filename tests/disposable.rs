@@ -11,6 +11,13 @@ use common::images::{changed, checksum, qemu_io};
 use common::vm_state::*;
 use common::{testbed_shared, virsh};
 
+/// `vmoverlay ARGS --connect URI` with its own state directory.
+fn on(state: &Path, uri: &str, args: &[&str]) -> Ran {
+    let mut all = args.to_vec();
+    all.extend(["--connect", uri]);
+    vmoverlay(state, &all)
+}
+
 fn inactive_xml(uri: &str, name: &str) -> String {
     virsh(uri, &["dumpxml", "--inactive", name])
 }
@@ -24,11 +31,7 @@ fn an_ordinary_vm_becomes_disposable_and_back_with_nothing_lost() {
     let bed = testbed_shared();
     let uri = bed.uri.as_str();
     let state = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--connect", uri]);
-        vmoverlay(state.path(), &all)
-    };
+    let run = |args: &[&str]| on(state.path(), uri, args);
     let o = ordinary(uri, "vmo-adopt-both");
     let name = o.vm.name.as_str();
     // The marker written before the VM became disposable.
@@ -127,11 +130,7 @@ fn what_cannot_be_made_disposable_is_refused_with_its_reason() {
     let bed = testbed_shared();
     let uri = bed.uri.as_str();
     let state = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--connect", uri]);
-        vmoverlay(state.path(), &all)
-    };
+    let run = |args: &[&str]| on(state.path(), uri, args);
     let o = ordinary(uri, "vmo-adopt-refused");
     let name = o.vm.name.as_str();
     let recapture = || capture(uri, &[name], &[o.vm.dir.path()]);
@@ -227,7 +226,6 @@ fn what_cannot_be_made_disposable_is_refused_with_its_reason() {
 /// names a file that does not exist, no data is lost, and the next run finishes or rolls back.
 #[test]
 fn killing_adopt_or_release_at_any_point_leaves_a_working_vm() {
-    use std::os::unix::process::ExitStatusExt;
     let bed = testbed_shared();
     let uri = bed.uri.as_str();
     let mut killed = 0;
@@ -242,18 +240,7 @@ fn killing_adopt_or_release_at_any_point_leaves_a_working_vm() {
                 if change == "release" {
                     args.push("--discard");
                 }
-                let mut child = std::process::Command::new(common::bin())
-                    .args(&args)
-                    .env("VMOVERLAY_STATE_DIR", state.path())
-                    .env("VMOVERLAY_CONFIG_DIR", state.path().join("config"))
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-                let _ = child.kill();
-                if child.wait().unwrap().signal().is_some() {
+                if run_killed_after(state.path(), &args, delay_ms) {
                     killed += 1;
                 }
                 // Whatever the definition names exists, and reads the guest's data.
@@ -297,11 +284,7 @@ fn adopting_a_uefi_vm_records_its_firmware_variables() {
     let bed = testbed_shared();
     let uri = bed.uri.as_str();
     let state = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let mut all = args.to_vec();
-        all.extend(["--connect", uri]);
-        vmoverlay(state.path(), &all)
-    };
+    let run = |args: &[&str]| on(state.path(), uri, args);
     let o = ordinary(uri, "vmo-adopt-uefi");
     let name = o.vm.name.as_str();
     let nvram = o.vm.make_uefi();

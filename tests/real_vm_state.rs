@@ -400,7 +400,6 @@ fn killing_vmoverlay_at_any_point_of_the_libvirt_engine_loses_nothing() {
 }
 
 fn kill_sweep(engine: &str, delays_ms: &[u64]) {
-    use std::os::unix::process::ExitStatusExt;
     let bed = testbed_shared();
     let mut killed_mid_operation = 0;
     for op in ["commit", "discard"] {
@@ -410,23 +409,16 @@ fn kill_sweep(engine: &str, delays_ms: &[u64]) {
             qemu_io_write(&vm.overlay, "write -P 0x5a 1M 15M");
             let base_before = checksum(&vm.base);
             let state = state_dir();
-            let mut child = std::process::Command::new(common::bin())
-                .args([op, name.as_str(), "--yes", "--connect", bed.uri.as_str()])
-                .args(["--engine", engine])
-                .env("LC_ALL", "C")
-                .env("VMOVERLAY_STATE_DIR", state.path())
-                .env("VMOVERLAY_CONFIG_DIR", state.path().join("config"))
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-            let _ = child.kill();
-            let status = child.wait().unwrap();
-            // A qemu-img the CLI started may still run for a moment: let it end.
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            if status.signal().is_some() {
+            let args = [
+                op,
+                name.as_str(),
+                "--yes",
+                "--connect",
+                &bed.uri,
+                "--engine",
+                engine,
+            ];
+            if run_killed_after(state.path(), &args, delay_ms) {
                 killed_mid_operation += 1;
             }
             // Never lost: the guest's view (overlay over base) still reads every byte it wrote,

@@ -157,6 +157,64 @@ pub fn probe(path: &Path) -> Result<Probe, SkipReason> {
     })
 }
 
+/// A new, empty overlay made beside `place` under a temporary name (`qemu-img create` run in
+/// that directory, so a relative backing reference resolves there), with `like`'s owner,
+/// group and mode, and fsynced; `put` then gives it its name. The temporary file never
+/// outlives a failure.
+struct NewOverlay<'a> {
+    place: &'a Path,
+    backing_ref: &'a str,
+    base_format: &'a str,
+    virtual_size: u64,
+    cluster_size: Option<u64>,
+    like: &'a std::fs::Metadata,
+}
+
+impl NewOverlay<'_> {
+    fn make(&self, put: impl FnOnce(&Path, &Path) -> std::io::Result<()>) -> Result<(), String> {
+        let place = self.place;
+        let dir = place.parent().ok_or("the overlay has no directory")?;
+        let name = place
+            .file_name()
+            .ok_or("the overlay has no file name")?
+            .to_string_lossy();
+        let tmp = dir.join(format!(".{name}.vmoverlay-new"));
+        let _ = std::fs::remove_file(&tmp); // a leftover of an interrupted run
+        let mut cmd = image::qemu_img();
+        cmd.args(["create", "-q", "-f", "qcow2", "-F", self.base_format])
+            .args(["-b", self.backing_ref]);
+        if let Some(cs) = self.cluster_size {
+            cmd.arg("-o").arg(format!("cluster_size={cs}"));
+        }
+        let out = cmd
+            .arg(&tmp)
+            .arg(self.virtual_size.to_string())
+            .current_dir(dir)
+            .output()
+            .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+        if !out.status.success() {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(format!(
+                "creating the new overlay: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        image::test_pause_before_replace(place);
+        let meta = self.like;
+        let finish = || -> std::io::Result<()> {
+            std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            put(&tmp, place)?;
+            sync_dir(dir)
+        };
+        finish().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            format!("creating {}: {e}", place.display())
+        })
+    }
+}
+
 /// Creates an empty overlay of `base` at `overlay`, never replacing an existing file: made
 /// under a temporary name, then linked to its name (which fails if that exists).
 pub fn create_overlay(
@@ -165,56 +223,26 @@ pub fn create_overlay(
     virtual_size: u64,
     overlay: &Path,
 ) -> Result<(), String> {
-    let dir = overlay.parent().ok_or("the overlay has no directory")?;
-    let name = overlay
-        .file_name()
-        .ok_or("the overlay has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.vmoverlay-new"));
     let meta = std::fs::metadata(base).map_err(|e| format!("{}: {e}", base.display()))?;
-    let _ = std::fs::remove_file(&tmp);
     // Beside its base, the overlay names it relatively: the pair can be moved together.
-    let backing = if base.parent() == Some(dir) {
+    let backing = if base.parent() == overlay.parent() {
         base.file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     } else {
         base.display().to_string()
     };
-    let out = image::qemu_img()
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            base_format,
-            "-b",
-            &backing,
-        ])
-        .arg(&tmp)
-        .arg(virtual_size.to_string())
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "creating the overlay: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    NewOverlay {
+        place: overlay,
+        backing_ref: &backing,
+        base_format,
+        virtual_size,
+        cluster_size: None,
+        like: &meta,
     }
-    let finish = || -> std::io::Result<()> {
-        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::hard_link(&tmp, overlay)?;
-        std::fs::remove_file(&tmp)?;
-        sync_dir(dir)
-    };
-    finish().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("creating {}: {e}", overlay.display())
+    .make(|tmp, place| {
+        std::fs::hard_link(tmp, place)?;
+        std::fs::remove_file(tmp)
     })
 }
 
@@ -346,54 +374,16 @@ pub fn check_image(base: &Path, format: &str) -> Result<(), String> {
 pub fn rebuild(disk: &ManagedDisk) -> Result<(), String> {
     let overlay = &disk.overlay;
     let _held = image::hold_qemu_locks(overlay).map_err(|e| e.to_string())?;
-    let dir = overlay.parent().ok_or("overlay has no directory")?;
-    let name = overlay
-        .file_name()
-        .ok_or("overlay has no file name")?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{name}.vmoverlay-new"));
     let meta = std::fs::metadata(overlay).map_err(|e| format!("{}: {e}", overlay.display()))?;
-    let _ = std::fs::remove_file(&tmp); // a leftover of an interrupted rebuild
-    let mut cmd = image::qemu_img();
-    cmd.args([
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-F",
-        &disk.base_format,
-        "-b",
-        &disk.backing_ref,
-    ]);
-    if let Some(cs) = disk.cluster_size {
-        cmd.arg("-o").arg(format!("cluster_size={cs}"));
+    NewOverlay {
+        place: overlay,
+        backing_ref: &disk.backing_ref,
+        base_format: &disk.base_format,
+        virtual_size: disk.virtual_size,
+        cluster_size: disk.cluster_size,
+        like: &meta,
     }
-    // Run in the overlay's directory: a relative backing reference is resolved from there.
-    let out = cmd
-        .arg(&tmp)
-        .arg(disk.virtual_size.to_string())
-        .current_dir(dir)
-        .output()
-        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!(
-            "creating the new overlay: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    image::test_pause_before_replace(overlay);
-    let finish = || -> std::io::Result<()> {
-        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-        std::fs::File::open(&tmp)?.sync_all()?;
-        std::fs::rename(&tmp, overlay)?;
-        sync_dir(dir)
-    };
-    finish().map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        format!("replacing {}: {e}", overlay.display())
-    })
+    .make(|tmp, place| std::fs::rename(tmp, place))
 }
 
 #[cfg(test)]

@@ -295,6 +295,28 @@ pub fn vmoverlay(state: &Path, args: &[&str]) -> Ran {
     }
 }
 
+/// Runs `vmoverlay ARGS` (state in `state`) and SIGKILLs it after `delay_ms`; whether it was
+/// killed before it ended.
+pub fn run_killed_after(state: &Path, args: &[&str], delay_ms: u64) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("LC_ALL", "C")
+        .env("VMOVERLAY_STATE_DIR", state)
+        .env("VMOVERLAY_CONFIG_DIR", state.join("config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+    let _ = child.kill();
+    let killed = child.wait().unwrap().signal().is_some();
+    // A qemu-img the CLI started may still run for a moment: let it end.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    killed
+}
+
 /// `vmoverlay status NAME --json`: the one domain object.
 pub fn status_json(state: &Path, uri: &str, name: &str) -> Value {
     let ran = vmoverlay(state, &["status", name, "--json", "--connect", uri]);
