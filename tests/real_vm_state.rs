@@ -673,3 +673,48 @@ fn an_unregistered_overlay_is_found_in_a_directory_the_user_lists() {
     );
     assert_eq!(ran.code, 0, "{ran:?}");
 }
+
+/// A user of the base on another connection this process was given (here libvirt's test
+/// driver, whose domain's disk is an overlay of the same base file): the commit is refused and
+/// names it with its connection; without that connection it would not be seen.
+#[test]
+fn a_domain_on_another_connection_on_the_same_base_blocks_commit() {
+    let bed = testbed_shared();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-st-otherconn");
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = elsewhere.path().join("session-vm.qcow2");
+    create_overlay(&other, vm.base.to_str().unwrap());
+    let node = elsewhere.path().join("node.xml");
+    std::fs::write(
+        &node,
+        format!(
+            "<node><domain type='test'><name>session-vm</name><memory>65536</memory>\
+             <os><type>hvm</type></os><devices><disk type='file' device='disk'>\
+             <driver name='qemu' type='qcow2'/><source file='{}'/>\
+             <target dev='vda' bus='virtio'/></disk></devices></domain></node>",
+            other.display()
+        ),
+    )
+    .unwrap();
+    let test_uri = format!("test://{}", node.display());
+    let state = state_dir();
+    let before = checksum(&vm.base);
+    let ran = vmoverlay(
+        state.path(),
+        &[
+            "commit",
+            &vm.name,
+            "--yes",
+            "--connect",
+            &bed.uri,
+            "--connect",
+            &test_uri,
+        ],
+    );
+    assert_eq!(ran.code, 7, "{ran:?}");
+    assert!(
+        ran.stderr.contains("session-vm") && ran.stderr.contains(&test_uri),
+        "{ran:?}"
+    );
+    assert_eq!(checksum(&vm.base), before);
+}
