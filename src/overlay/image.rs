@@ -1,5 +1,6 @@
-//! Reading image files: qemu-img's view (`info`, `map`), QEMU's image locks, free space, and
-//! a qcow2 header's backing reference. Nothing here writes. Paths are passed to qemu-img as
+//! Reading image files: their backing chain and the bytes an overlay holds (read in Rust, see
+//! [`qcow2`]), QEMU's image locks, free space, and a qcow2 header's backing reference. Nothing
+//! here writes. Paths are passed to qemu-img (for formats other than qcow2 and raw) as
 //! arguments, never through a shell.
 
 use std::os::fd::AsRawFd;
@@ -9,6 +10,7 @@ use std::process::Command;
 use serde::Deserialize;
 
 use super::error::{OpError, SkipReason};
+use super::qcow2;
 
 /// One layer of `qemu-img info --backing-chain --output=json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -102,8 +104,161 @@ fn tool_message(out: &std::process::Output) -> String {
     msg.trim().trim_start_matches("qemu-img: ").to_string()
 }
 
-/// The backing chain of `path`, top first, read without taking locks (`-U`).
+/// The backing chain of `path`, top first, read without taking locks and without spawning
+/// anything: qcow2 and raw layers are read in Rust ([`qcow2`]). Only a chain with a layer in
+/// another format (vmdk, vdi, ...) or a backing reference that is not a local file (`nbd:`,
+/// `json:`) is left to `qemu-img info --backing-chain -U`.
 pub fn backing_chain(path: &Path) -> Result<Vec<Layer>, SkipReason> {
+    match read_chain(path) {
+        Ok(chain) => Ok(chain),
+        Err(ChainError::Foreign) => backing_chain_qemu_img(path),
+        Err(ChainError::Skip(reason)) => Err(reason),
+    }
+}
+
+enum ChainError {
+    /// Something only qemu-img reads.
+    Foreign,
+    Skip(SkipReason),
+}
+
+impl From<SkipReason> for ChainError {
+    fn from(r: SkipReason) -> Self {
+        ChainError::Skip(r)
+    }
+}
+
+/// More layers than this is a loop we could not see (a file replaced while we read).
+const MAX_CHAIN: usize = 1000;
+
+fn read_chain(path: &Path) -> Result<Vec<Layer>, ChainError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut layers: Vec<Layer> = Vec::new();
+    let mut seen: Vec<(u64, u64)> = Vec::new();
+    let mut name = path.display().to_string();
+    // The format the layer above names for this one; probed when it names none.
+    let mut format: Option<String> = None;
+    loop {
+        let file = match std::fs::File::open(&name) {
+            Ok(f) => f,
+            Err(e) => {
+                return Err(match layers.last() {
+                    Some(above) if e.kind() == std::io::ErrorKind::NotFound => {
+                        SkipReason::BaseMissing {
+                            path: PathBuf::from(&above.filename),
+                            base: name,
+                        }
+                    }
+                    _ => unreadable(path, format!("could not open '{name}': {e}")),
+                }
+                .into())
+            }
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| unreadable(Path::new(&name), e))?;
+        let id = (meta.dev(), meta.ino());
+        if seen.contains(&id) || layers.len() >= MAX_CHAIN {
+            return Err(unreadable(
+                path,
+                format!("backing file loop: {name} is already in the backing chain"),
+            )
+            .into());
+        }
+        seen.push(id);
+        let kind = match format.as_deref() {
+            Some(f @ ("qcow2" | "raw")) => f,
+            Some(_) => return Err(ChainError::Foreign),
+            None => qcow2::probe(&file).map_err(|e| unreadable(Path::new(&name), e))?,
+        };
+        let layer = match kind {
+            "qcow2" => qcow2_layer(file, &name)?,
+            "raw" => raw_layer(&meta, &name),
+            _ => return Err(ChainError::Foreign),
+        };
+        let next = layer.full_backing_filename.clone();
+        format = layer.backing_format.clone();
+        layers.push(layer);
+        match next {
+            None => return Ok(layers),
+            Some(next) => name = next,
+        }
+    }
+}
+
+fn raw_layer(meta: &std::fs::Metadata, name: &str) -> Layer {
+    Layer {
+        filename: name.to_string(),
+        format: "raw".into(),
+        // QEMU sees whole 512-byte sectors.
+        virtual_size: meta.len().div_ceil(512) * 512,
+        cluster_size: None,
+        backing_filename: None,
+        full_backing_filename: None,
+        backing_format: None,
+        snapshots: Vec::new(),
+        format_specific: None,
+    }
+}
+
+fn qcow2_layer(file: std::fs::File, name: &str) -> Result<Layer, ChainError> {
+    let img = qcow2::Image::from_file(file).map_err(|e| unreadable(Path::new(name), e))?;
+    let full = match &img.backing_file {
+        Some(b) if has_protocol(b) => return Err(ChainError::Foreign),
+        Some(b) => Some(full_backing_filename(name, b)),
+        None => None,
+    };
+    Ok(Layer {
+        filename: name.to_string(),
+        format: "qcow2".into(),
+        virtual_size: img.virtual_size(),
+        cluster_size: Some(img.cluster_size()),
+        backing_filename: img.backing_file.clone(),
+        full_backing_filename: full,
+        backing_format: img.backing_format.clone(),
+        snapshots: img
+            .snapshots
+            .iter()
+            .map(|s| InternalSnapshot {
+                name: s.name.clone(),
+            })
+            .collect(),
+        format_specific: Some(FormatSpecific {
+            kind: "qcow2".into(),
+            data: Qcow2Specific {
+                bitmaps: img
+                    .bitmaps
+                    .iter()
+                    .map(|b| Bitmap {
+                        name: b.name.clone(),
+                    })
+                    .collect(),
+                data_file: img.data_file.clone(),
+            },
+        }),
+    })
+}
+
+/// QEMU's `path_has_protocol`: `nbd:...`, `json:{...}`, `file:...` (a colon before any slash).
+fn has_protocol(name: &str) -> bool {
+    name.find(':')
+        .is_some_and(|c| !name[..c].contains('/') && c > 0)
+}
+
+/// QEMU's `path_combine`: an absolute reference as it is; a relative one from the directory
+/// of the image that names it, textually (no symlinks resolved, no `..` folded).
+pub fn full_backing_filename(image: &str, backing: &str) -> String {
+    if backing.starts_with('/') || backing.is_empty() {
+        return backing.to_string();
+    }
+    match image.rfind('/') {
+        Some(i) => format!("{}{backing}", &image[..=i]),
+        None => backing.to_string(),
+    }
+}
+
+/// The chain as `qemu-img info --backing-chain --output=json -U` reports it.
+fn backing_chain_qemu_img(path: &Path) -> Result<Vec<Layer>, SkipReason> {
     let out = qemu_img()
         .args(["info", "--backing-chain", "--output=json", "-U"])
         .arg(path)
@@ -116,31 +271,13 @@ pub fn backing_chain(path: &Path) -> Result<Vec<Layer>, SkipReason> {
         .map_err(|e| unreadable(path, format!("qemu-img info output: {e}")))
 }
 
-#[derive(Debug, Deserialize)]
-struct MapEntry {
-    length: u64,
-    depth: u32,
-    present: bool,
-}
-
 /// Bytes the overlay itself holds (written or zeroed by the guest): what a commit would
-/// move into the base, and what a discard would throw away.
+/// move into the base, and what a discard would throw away. Read from the overlay's L2
+/// tables: the same sum as `qemu-img map`'s `depth 0, present: true` entries.
 pub fn changed_bytes(overlay: &Path) -> Result<u64, SkipReason> {
-    let out = qemu_img()
-        .args(["map", "--output=json", "-U", "-f", "qcow2"])
-        .arg(overlay)
-        .output()
-        .map_err(|e| unreadable(overlay, format!("cannot run qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(unreadable(overlay, tool_message(&out)));
-    }
-    let entries: Vec<MapEntry> = serde_json::from_slice(&out.stdout)
-        .map_err(|e| unreadable(overlay, format!("qemu-img map output: {e}")))?;
-    Ok(entries
-        .iter()
-        .filter(|e| e.depth == 0 && e.present)
-        .map(|e| e.length)
-        .sum())
+    qcow2::Image::open(overlay)
+        .and_then(|img| img.allocated_bytes())
+        .map_err(|e| unreadable(overlay, e))
 }
 
 /// QEMU locks bytes 100.. (permissions held) and 200.. (permissions refused to others) of an

@@ -4,7 +4,9 @@
 //!
 //! - [`types`]: the shared words (disk, operation, phase, progress, engine);
 //! - [`error`]: what is refused or failed, typed;
-//! - [`image`]: reading images (qemu-img info/map, QEMU's locks, qcow2 headers);
+//! - [`qcow2`]: a read-only qcow2 reader (header, extensions, L1/L2, snapshots, bitmaps);
+//! - [`image`]: reading images (backing chains and changed bytes through [`qcow2`], QEMU's
+//!   locks, free space);
 //! - [`discover`]: which disks of a domain definition are managed overlays;
 //! - [`engine`]: the [`ImageEngine`] and [`DomainCheck`] traits;
 //! - [`qemu_img`]: the `qemu-img` engine (the libvirt one is `crate::libvirt::engine`);
@@ -21,6 +23,7 @@ pub mod firmware;
 pub mod image;
 pub mod journal;
 pub mod ops;
+pub mod qcow2;
 pub mod qemu_img;
 pub mod types;
 
