@@ -317,15 +317,17 @@ fn external_data_files() {
     let dir = tempfile::tempdir().unwrap();
     let base = based(dir.path());
     for raw in ["off", "on"] {
+        // Absolute: QEMU 7.2 resolves a relative data file name from its working directory.
         let lone = dir.path().join(format!("df-{raw}.qcow2"));
+        let df = dir.path().join(format!("df-{raw}.raw"));
         create(
             &lone,
-            &["-o", &format!("data_file=df-{raw}.raw,data_file_raw={raw}")],
+            &["-o", &format!("data_file={},data_file_raw={raw}", s(&df))],
             "16M",
         );
         qemu_io(&lone, &["write -P 1 0 64k", "write -z 1M 64k"]);
         let chain = assert_chain_matches(&lone);
-        assert_eq!(chain[0].data_file(), Some(format!("df-{raw}.raw")));
+        assert_eq!(chain[0].data_file(), Some(s(&df).to_string()));
         assert_map_matches(&lone);
     }
     let ov = dir.path().join("df-ov.qcow2");
@@ -599,8 +601,20 @@ fn backing_loops_and_missing_bases() {
         .to_string();
     assert!(e.contains(s(&p("gone.qcow2"))), "{e}");
     assert!(e.contains("missing"), "{e}");
-    // The top's own changes are still known.
+    // The top's own changes are still known, and so is the image on its own (as `qemu-img
+    // info` without `--backing-chain` sees it).
     assert_eq!(image::changed_bytes(&p("top.qcow2")).unwrap(), 0);
+    let one = image::image_layer(&p("top.qcow2")).unwrap();
+    let info: Value = serde_json::from_str(&qemu_img(&[
+        "info",
+        "--output=json",
+        "-U",
+        s(&p("top.qcow2")),
+    ]))
+    .unwrap();
+    assert_eq!(one.backing_filename, opt_str(&info["backing-filename"]));
+    assert_eq!(Some(one.virtual_size), info["virtual-size"].as_u64());
+    assert_eq!(one.format, "qcow2");
 }
 
 /// Reading a chain and its changes starts no process: run in a child of this test binary

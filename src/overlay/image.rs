@@ -181,6 +181,7 @@ fn read_chain(path: &Path) -> Result<Vec<Layer>, ChainError> {
         layers.push(layer);
         match next {
             None => return Ok(layers),
+            Some(next) if has_protocol(&next) => return Err(ChainError::Foreign),
             Some(next) => name = next,
         }
     }
@@ -201,13 +202,41 @@ fn raw_layer(meta: &std::fs::Metadata, name: &str) -> Layer {
     }
 }
 
+/// One image on its own, its backing file not opened (`qemu-img info -U` without
+/// `--backing-chain`): read in Rust for qcow2 and raw, by qemu-img for other formats.
+pub fn image_layer(path: &Path) -> Result<Layer, SkipReason> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|e| unreadable(path, e))?;
+    let meta = file.metadata().map_err(|e| unreadable(path, e))?;
+    let layer = match qcow2::probe(&file).map_err(|e| unreadable(path, e))? {
+        "qcow2" => qcow2_layer(file, &name),
+        "raw" => Ok(raw_layer(&meta, &name)),
+        _ => Err(ChainError::Foreign),
+    };
+    match layer {
+        Ok(l) => Ok(l),
+        Err(ChainError::Skip(r)) => Err(r),
+        Err(ChainError::Foreign) => {
+            let out = qemu_img()
+                .args(["info", "--output=json", "-U"])
+                .arg(path)
+                .output()
+                .map_err(|e| unreadable(path, format!("cannot run qemu-img: {e}")))?;
+            if !out.status.success() {
+                return Err(unreadable(path, tool_message(&out)));
+            }
+            serde_json::from_slice(&out.stdout)
+                .map_err(|e| unreadable(path, format!("qemu-img info output: {e}")))
+        }
+    }
+}
+
 fn qcow2_layer(file: std::fs::File, name: &str) -> Result<Layer, ChainError> {
     let img = qcow2::Image::from_file(file).map_err(|e| unreadable(Path::new(name), e))?;
-    let full = match &img.backing_file {
-        Some(b) if has_protocol(b) => return Err(ChainError::Foreign),
-        Some(b) => Some(full_backing_filename(name, b)),
-        None => None,
-    };
+    let full = img
+        .backing_file
+        .as_deref()
+        .map(|b| full_backing_filename(name, b));
     Ok(Layer {
         filename: name.to_string(),
         format: "qcow2".into(),

@@ -129,25 +129,7 @@ impl ImageEngine for QemuImgEngine {
 
 /// An image's own header (no backing chain followed): what an adopt needs to know.
 pub fn probe(path: &Path) -> Result<Probe, SkipReason> {
-    let unreadable = |detail: String| SkipReason::Unreadable {
-        path: path.to_path_buf(),
-        detail,
-    };
-    let out = image::qemu_img()
-        .args(["info", "--output=json", "-U"])
-        .arg(path)
-        .output()
-        .map_err(|e| unreadable(format!("cannot run qemu-img: {e}")))?;
-    if !out.status.success() {
-        return Err(unreadable(
-            String::from_utf8_lossy(&out.stderr)
-                .trim()
-                .trim_start_matches("qemu-img: ")
-                .to_string(),
-        ));
-    }
-    let layer: image::Layer = serde_json::from_slice(&out.stdout)
-        .map_err(|e| unreadable(format!("qemu-img info output: {e}")))?;
+    let layer = image::image_layer(path)?;
     Ok(Probe {
         snapshots: layer.snapshot_names(),
         bitmaps: layer.bitmap_names(),
