@@ -192,8 +192,15 @@ impl LibvirtCheck {
                     .iter()
                     .skip(1)
                     .any(|l| image::same_file(Path::new(&l.filename), base)),
-                // Remote, or not readable here: libvirtd reads the backing file.
-                _ => volume_backing(conn, src).is_some_and(|b| same(&b, base)),
+                // Remote, or not readable here: libvirtd reads the backing file (on this
+                // domain's connection through the libvirt engine, which can make a transient
+                // pool for a directory no pool covers).
+                _ => if uri == self.uri {
+                    self.libvirt_engine().ok().and_then(|lv| lv.backing_of(src))
+                } else {
+                    volume_backing(conn, src)
+                }
+                .is_some_and(|b| same(&b, base)),
             }
         };
         let here = if uri == self.uri {
