@@ -630,20 +630,25 @@ pub fn adoptable(ctx: &Context, found: &Found, vm: &str) -> Vec<(String, Option<
     let Ok(xml) = found.check.inactive_xml() else {
         return Vec::new();
     };
-    let state = found
-        .check
-        .ensure_inactive()
-        .and_then(|_| found.check.ensure_no_saved_state())
-        .err();
-    parse_disks(&xml)
+    let mut out: Vec<(String, Option<OpError>)> = parse_disks(&xml)
         .unwrap_or_default()
         .iter()
         .filter(|d| !found.disks.managed.iter().any(|m| m.target == d.target))
-        .map(|d| {
-            let why = state.clone().or_else(|| adopt_one(ctx, found, vm, d).err());
-            (d.target.clone(), why)
-        })
-        .collect()
+        .map(|d| (d.target.clone(), adopt_one(ctx, found, vm, d).err()))
+        .collect();
+    // The VM's own state, asked only when a disk could be taken.
+    if out.iter().any(|(_, why)| why.is_none()) {
+        if let Err(e) = found
+            .check
+            .ensure_inactive()
+            .and_then(|_| found.check.ensure_no_saved_state())
+        {
+            for (_, why) in out.iter_mut().filter(|(_, why)| why.is_none()) {
+                *why = Some(e.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Makes the planned disks disposable, one after the other; stops at the first failure (the

@@ -109,6 +109,7 @@ pub struct LibvirtCheck {
     others: Vec<(String, Connect)>,
     /// Directories the user listed where unregistered images may live.
     scan_dirs: Vec<PathBuf>,
+    handle: OnceLock<Domain>,
     libvirt: OnceLock<Result<LibvirtEngine, String>>,
 }
 
@@ -120,6 +121,7 @@ impl LibvirtCheck {
             domain: domain.to_string(),
             others: Vec::new(),
             scan_dirs: Vec::new(),
+            handle: OnceLock::new(),
             libvirt: OnceLock::new(),
         }
     }
@@ -145,10 +147,18 @@ impl LibvirtCheck {
         &self.uri
     }
 
+    /// The domain, looked up once: every question after that is asked of libvirt afresh
+    /// (a handle names the domain by UUID, so a domain replaced meanwhile is not mistaken for
+    /// it: the calls fail).
     fn domain(&self) -> Result<Domain, OpError> {
-        self.conn
+        if let Some(d) = self.handle.get() {
+            return Ok(d.clone());
+        }
+        let d = self
+            .conn
             .lookup_domain_by_name(&self.domain)
-            .map_err(|e| not_found(format!("domain '{}': {}", self.domain, e.message())))
+            .map_err(|e| not_found(format!("domain '{}': {}", self.domain, e.message())))?;
+        Ok(self.handle.get_or_init(|| d).clone())
     }
 
     fn libvirt_engine(&self) -> Result<&LibvirtEngine, OpError> {
