@@ -89,7 +89,9 @@ mod imp {
                 }
             };
             if self.started.get() {
+                // Launched again: the user is looking for it.
                 app.add_uris(cli.uris());
+                app.show_status();
                 return glib::ExitCode::SUCCESS;
             }
             match app.start(&cli) {
@@ -497,6 +499,10 @@ impl Application {
                 }
             }
             Effect::Notify(notice) => self.notify(crate::ui::notice::of(&notice)),
+            Effect::Withdraw { key } => {
+                self.withdraw_notification(&crate::ui::notice::id(&key));
+                hook::emit("notification-withdrawn", &key, serde_json::Value::Null);
+            }
         }
     }
 
@@ -657,6 +663,9 @@ impl Application {
         if n.error {
             note.set_priority(gio::NotificationPriority::High);
         }
+        for b in &n.buttons {
+            note.add_button_with_target_value(&b.label, b.action, Some(&b.vm.target()));
+        }
         self.send_notification(n.id.as_deref(), &note);
     }
 
@@ -701,6 +710,10 @@ impl Application {
             }
             if machine.connected.values().any(|c| !c) {
                 tip.push_str(&tr(" (reconnecting to libvirt)"));
+            }
+            // A running job's progress, where the user looks: one line per VM, as its row.
+            for r in rows.iter().filter(|r| r.progress.is_some()) {
+                tip.push_str(&format!("\n{} — {}", r.key.name, r.subtitle));
             }
             let demo_running = imp.demo.borrow().as_ref().map(|_| {
                 machine

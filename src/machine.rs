@@ -126,6 +126,12 @@ pub struct Vm {
     pub adoptable: bool,
     /// An adopt or release of this VM is running.
     pub changing: Option<Change>,
+    /// The decision was put off ("Later" in the prompt) or found pending at start: while
+    /// it stays pending and the VM is off, its notification asks for it (with Commit /
+    /// Discard / Later), since on a desktop without a tray nothing else would.
+    pub ask_in_notice: bool,
+    /// The decision the VM's notification asks about now, if one is out.
+    pub notice_shown: Option<Decision>,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
@@ -182,6 +188,20 @@ pub enum Notice {
     },
     /// The VM stopped with changes that cannot be committed or discarded now.
     Blocked { key: VmKey, error: OpError },
+    /// A decision is still owed: the notification offers the answers.
+    Pending { key: VmKey, decision: Decision },
+}
+
+impl Notice {
+    pub fn key(&self) -> &VmKey {
+        match self {
+            Notice::Done { key, .. }
+            | Notice::Changed { key, .. }
+            | Notice::Failed { key, .. }
+            | Notice::Blocked { key, .. }
+            | Notice::Pending { key, .. } => key,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -250,7 +270,13 @@ pub enum Effect {
         change: Change,
         changes: Option<OpKind>,
     },
+    /// Sends the VM's notification (one per VM: it replaces the one out).
     Notify(Notice),
+    /// Takes the VM's notification back: its question was answered elsewhere, or no longer
+    /// stands.
+    Withdraw {
+        key: VmKey,
+    },
 }
 
 /// The tray's summary state, highest first.
@@ -324,6 +350,12 @@ impl Machine {
     }
 
     pub fn handle(&mut self, input: Input) -> Vec<Effect> {
+        let mut out = self.dispatch(input);
+        self.sync_notices(&mut out);
+        out
+    }
+
+    fn dispatch(&mut self, input: Input) -> Vec<Effect> {
         match input {
             Input::Monitor(ev) => self.on_monitor(ev),
             Input::Inspected { key, reason, found } => self.on_inspected(key, reason, found),
@@ -438,9 +470,13 @@ impl Machine {
                         }
                     }
                     Lifecycle::Undefined(_) => {
-                        let had_prompt = self.vms.remove(&key).is_some_and(|vm| vm.prompt_open);
-                        if had_prompt {
-                            out.push(Effect::ClosePrompt { key });
+                        if let Some(vm) = self.vms.remove(&key) {
+                            if vm.notice_shown.is_some() {
+                                out.push(Effect::Withdraw { key: key.clone() });
+                            }
+                            if vm.prompt_open {
+                                out.push(Effect::ClosePrompt { key });
+                            }
                         }
                     }
                     _ => {}
@@ -493,6 +529,9 @@ impl Machine {
             no_discard: vm.discard_blocked.clone(),
         };
         vm.decision = Some(decision.clone());
+        if reason == InspectReason::Startup {
+            vm.ask_in_notice = true;
+        }
         if vm.active || vm.job.is_some() || !matches!(reason, InspectReason::Stopped { .. }) {
             // Startup and refreshes only mark it pending: never a burst of dialogs.
             return Vec::new();
@@ -523,6 +562,8 @@ impl Machine {
             return Vec::new();
         }
         vm.job = Some(Job { op, progress: 0.0 });
+        // Answered: its notification (if out) is withdrawn by `sync_notices`.
+        vm.ask_in_notice = false;
         let mut out = Vec::new();
         if vm.prompt_open {
             vm.prompt_open = false;
@@ -552,6 +593,9 @@ impl Machine {
             Choice::Discard => out.extend(self.start_job(key, OpKind::Discard)),
             Choice::Later => {
                 let vm = self.vm(&key);
+                // Put off in the prompt, the question moves to a notification; "Later" from
+                // anywhere else (the notification itself) puts it away.
+                vm.ask_in_notice = vm.prompt_open;
                 if vm.prompt_open {
                     vm.prompt_open = false;
                     out.push(Effect::ClosePrompt { key });
@@ -624,6 +668,46 @@ impl Machine {
             reason: InspectReason::Refresh,
         });
         out
+    }
+
+    /// Brings each VM's notification in line with its state: it asks while a decision put off
+    /// is pending and could be carried out now (off, no job, nothing blocking); it is replaced
+    /// when the decision changes and withdrawn when the decision was made or cannot be.
+    fn sync_notices(&mut self, out: &mut Vec<Effect>) {
+        for (key, vm) in self.vms.iter_mut() {
+            if vm.decision.is_none() {
+                vm.ask_in_notice = false;
+            }
+            let wanted = match &vm.decision {
+                Some(d)
+                    if vm.ask_in_notice
+                        && !vm.active
+                        && vm.job.is_none()
+                        && vm.engine_run.is_none()
+                        && vm.changing.is_none()
+                        && vm.blocked.is_none() =>
+                {
+                    Some(d.clone())
+                }
+                _ => None,
+            };
+            if wanted == vm.notice_shown {
+                continue;
+            }
+            // A notification sent now about this VM has replaced the question already.
+            let replaced = out
+                .iter()
+                .any(|e| matches!(e, Effect::Notify(n) if n.key() == key));
+            match &wanted {
+                Some(decision) => out.push(Effect::Notify(Notice::Pending {
+                    key: key.clone(),
+                    decision: decision.clone(),
+                })),
+                None if !replaced => out.push(Effect::Withdraw { key: key.clone() }),
+                None => {}
+            }
+            vm.notice_shown = wanted;
+        }
     }
 
     fn on_job_done(&mut self, key: VmKey, op: OpKind, result: Result<u64, OpError>) -> Vec<Effect> {
@@ -801,7 +885,13 @@ mod tests {
         let out = m.handle(connected(&[("a", 5, 1), ("b", 5, 1), ("c", 1, 1)]));
         assert_eq!(out.len(), 2, "{out:?}");
         for name in ["a", "b"] {
-            assert!(inspected(&mut m, name, InspectReason::Startup, 10).is_empty());
+            // No dialog; the notification asks instead (see `notifications_ask_...`).
+            let out = inspected(&mut m, name, InspectReason::Startup, 10);
+            assert!(
+                out.iter()
+                    .all(|e| matches!(e, Effect::Notify(Notice::Pending { .. }))),
+                "{out:?}"
+            );
         }
         assert!(m.vms[&key("a")].decision.is_some());
         assert_eq!(m.summary(), Summary::Pending);
@@ -930,7 +1020,7 @@ mod tests {
             choice: Choice::Later,
             remember: false,
         });
-        assert_eq!(out, vec![Effect::ClosePrompt { key: key("a") }]);
+        assert_eq!(out[0], Effect::ClosePrompt { key: key("a") });
         assert_eq!(m.summary(), Summary::Pending);
         m.handle(Input::Choice {
             key: key("a"),
@@ -974,7 +1064,8 @@ mod tests {
         if let Input::Monitor(MonitorEvent::Domain(e)) = &mut started {
             e.engine_job = Some("commit".into());
         }
-        assert!(m.handle(started).is_empty());
+        // Another process is committing it: the question is taken back.
+        assert_eq!(m.handle(started), vec![Effect::Withdraw { key: key("a") }]);
         assert!(m.handle(ev("a", 3, 0)).is_empty()); // suspended (paused start)
         let vm = &m.vms[&key("a")];
         assert!(!vm.active);
@@ -1155,5 +1246,165 @@ mod tests {
             changes: Some(OpKind::Discard),
         });
         assert!(matches!(out[0], Effect::StartChange { .. }), "{out:?}");
+    }
+
+    fn later(m: &mut Machine, name: &str) -> Vec<Effect> {
+        m.handle(Input::Choice {
+            key: key(name),
+            choice: Choice::Later,
+            remember: false,
+        })
+    }
+
+    fn pending(name: &str, changed: u64) -> Effect {
+        Effect::Notify(Notice::Pending {
+            key: key(name),
+            decision: Decision {
+                changed,
+                forced: None,
+                no_discard: None,
+            },
+        })
+    }
+
+    #[test]
+    fn later_in_the_prompt_moves_the_question_to_a_notification() {
+        let mut m = Machine::default();
+        m.handle(ev("a", 2, 0));
+        m.handle(ev("a", 5, 0));
+        let out = inspected(&mut m, "a", stopped_clean(), 7);
+        assert!(
+            !out.iter().any(|e| matches!(e, Effect::Notify(_))),
+            "the prompt alone asks first: {out:?}"
+        );
+        assert_eq!(
+            later(&mut m, "a"),
+            vec![Effect::ClosePrompt { key: key("a") }, pending("a", 7)]
+        );
+        // Asked again, nothing new is sent.
+        assert!(m
+            .handle(Input::Inspected {
+                key: key("a"),
+                reason: InspectReason::Refresh,
+                found: Inspection::changed(7),
+            })
+            .is_empty());
+        // The state changed (more bytes): the notification is replaced.
+        assert_eq!(
+            inspected(&mut m, "a", InspectReason::Refresh, 9),
+            vec![pending("a", 9)]
+        );
+        // Answered from its button (or the tray, or the status window): withdrawn.
+        let out = m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Commit,
+            remember: false,
+        });
+        assert_eq!(
+            out,
+            vec![
+                Effect::StartJob {
+                    key: key("a"),
+                    op: OpKind::Commit
+                },
+                Effect::Withdraw { key: key("a") },
+            ]
+        );
+        // The result replaces nothing pending: it is sent as usual, and nothing asks again.
+        let out = m.handle(Input::JobDone {
+            key: key("a"),
+            op: OpKind::Commit,
+            result: Ok(9),
+        });
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(matches!(&out[0], Effect::Notify(Notice::Done { .. })));
+    }
+
+    #[test]
+    fn notifications_ask_for_vms_found_pending_and_later_there_puts_them_away() {
+        let mut m = Machine::default();
+        m.handle(connected(&[("a", 5, 1), ("b", 5, 1)]));
+        assert_eq!(
+            inspected(&mut m, "a", InspectReason::Startup, 5),
+            vec![pending("a", 5)]
+        );
+        assert!(inspected(&mut m, "b", InspectReason::Startup, 0).is_empty());
+        // "Later" from the notification itself (no prompt open): put away.
+        assert_eq!(later(&mut m, "a"), vec![Effect::Withdraw { key: key("a") }]);
+        assert!(later(&mut m, "a").is_empty());
+    }
+
+    #[test]
+    fn the_notification_follows_the_vm_until_the_prompt_answers() {
+        let mut m = Machine::default();
+        m.handle(ev("a", 2, 0));
+        m.handle(ev("a", 5, 0));
+        inspected(&mut m, "a", stopped_clean(), 7);
+        later(&mut m, "a");
+        // Started again: nothing can be done while it runs, so the notification goes.
+        assert_eq!(
+            m.handle(ev("a", 2, 0)),
+            vec![Effect::Withdraw { key: key("a") }]
+        );
+        // Stopped again: the prompt asks, and the notification is back with the new size.
+        m.handle(ev("a", 5, 0));
+        let out = inspected(&mut m, "a", stopped_clean(), 8);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert!(matches!(out[0], Effect::ShowPrompt { .. }));
+        assert_eq!(out[1], pending("a", 8));
+        // The prompt answers: the notification is withdrawn.
+        let out = m.handle(Input::Choice {
+            key: key("a"),
+            choice: Choice::Discard,
+            remember: false,
+        });
+        assert_eq!(
+            out,
+            vec![
+                Effect::ClosePrompt { key: key("a") },
+                Effect::StartJob {
+                    key: key("a"),
+                    op: OpKind::Discard
+                },
+                Effect::Withdraw { key: key("a") },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_notification_about_the_vm_replaces_the_question_without_a_withdraw() {
+        let mut m = Machine::default();
+        m.handle(connected(&[("a", 5, 1)]));
+        inspected(&mut m, "a", InspectReason::Startup, 5);
+        // Found blocked now (say, a snapshot was taken): the question cannot stand, and the
+        // notification that says why replaces it (a withdraw would take that one back).
+        // (Its start fell in a reconnect: only the stop is seen.)
+        let blocked = OpError::SavedState { vm: "a".into() };
+        m.handle(ev("a", 5, 0));
+        let out = m.handle(Input::Inspected {
+            key: key("a"),
+            reason: stopped_clean(),
+            found: Inspection {
+                changed: Some(4096),
+                blocked: Some(blocked.clone()),
+                discard_blocked: None,
+                adoptable: false,
+            },
+        });
+        assert_eq!(
+            out,
+            vec![Effect::Notify(Notice::Blocked {
+                key: key("a"),
+                error: blocked
+            })]
+        );
+        // A VM undefined while asked about: withdrawn.
+        let mut m = Machine::default();
+        m.handle(connected(&[("u", 5, 1)]));
+        inspected(&mut m, "u", InspectReason::Startup, 5);
+        assert_eq!(
+            m.handle(ev("u", 1, 0)),
+            vec![Effect::Withdraw { key: key("u") }]
+        );
     }
 }

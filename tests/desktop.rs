@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::desktop::{find_item, labels, Hook, Kind, Session};
-use common::guest::{read_image, Behaviour, TestVm};
+use common::guest::{marker_guest, read_image, Behaviour, TestVm};
 use common::images::{checksum, reads_pattern};
 use common::{bin, testbed_shared, virsh};
 use vmoverlay::demo;
@@ -83,6 +83,19 @@ fn click_response(s: &Session, title: &str, response: &str) {
         other => panic!("no response {other}"),
     };
     click_dialog_button(s, title, column, 3);
+}
+
+/// A property of our StatusNotifierItem, as a tray host reads it.
+fn tray_property(s: &Session, item: &str, name: &str) -> serde_json::Value {
+    let out = s.busctl(&[
+        "--json=short",
+        "get-property",
+        item,
+        "/StatusNotifierItem",
+        "org.kde.StatusNotifierItem",
+        name,
+    ]);
+    serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
 }
 
 fn is(v: &serde_json::Value, event: &str, vm: &str) -> bool {
@@ -255,7 +268,9 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
     assert_eq!(done["extra"]["ok"], true, "{done}");
     let overlay = demo_dir(&s).join("demo-guest.qcow2");
     assert_eq!(common::images::changed(&overlay), 0);
-    // A second launch hands its arguments to the running instance and exits.
+    // A second launch hands its arguments to the running instance, which opens its status
+    // window (the compositor maps it), and exits.
+    let windows = s.sway_window_events();
     let second = s
         .command(bin())
         .args(["--connect", "test:///default"])
@@ -269,6 +284,17 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
     wait_menu(&s, &item, "the second launch's VM", |l| {
         l.iter().any(|t| t.starts_with("test — running"))
     });
+    loop {
+        let (_, w) = windows
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the second launch opened the status window");
+        if w["change"] == "new" && w["container"]["app_id"] == vmoverlay::config::APP_ID {
+            break;
+        }
+    }
+    // Launching it again with nothing new opens it too (it is already open: no new window).
+    let third = s.command(bin()).output().unwrap();
+    assert!(third.status.success());
     assert_eq!(s.tray_items().len(), 1, "still one instance");
     // "Start at login" writes the XDG autostart entry, and removes it again.
     let autostart = s
@@ -483,6 +509,37 @@ fn x11_real_guest_prompt_commit_forced_warning_and_no_prompt_for_save() {
         l.iter()
             .any(|t| t.starts_with("vmo-ui-pending — committing"))
     });
+    // The tooltip (what hovering the icon shows) carries the progress too, and the icon is
+    // the busy one.
+    let mut percents = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while hook.count(|v| is(v, "job-done", &pending.name)) == 0 {
+        let tip = tray_property(&s, &item, "ToolTip");
+        let text = tip["data"][3].as_str().unwrap_or("").to_string();
+        if let Some(line) = text
+            .lines()
+            .find(|l| l.starts_with("vmo-ui-pending — committing"))
+        {
+            percents.insert(line.to_string());
+            assert!(
+                tray_property(&s, &item, "IconName")["data"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("-busy-symbolic"),
+                "busy icon while committing"
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the commit never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !percents.is_empty(),
+        "the tooltip never showed the commit's progress"
+    );
+    assert!(percents.iter().all(|l| l.contains('%')), "{percents:?}");
     let done = hook.wait("the tray's commit", Duration::from_secs(60), |v| {
         is(v, "job-done", &pending.name)
     });
@@ -707,4 +764,152 @@ fn x11_make_disposable_and_back_through_the_tray_and_its_dialog() {
     });
     assert!(!overlay.exists());
     assert_eq!(virsh(&bed.uri, &["dumpxml", "--inactive", &name]), before);
+}
+
+/// The notification is the only UI after "Later" on a desktop without a tray: its buttons
+/// are the application's actions for that VM, invoked here through the real notification
+/// server's (dunst's) own menu, and it is withdrawn when the prompt answers instead.
+#[test]
+fn x11_notification_buttons_commit_and_discard_and_the_prompt_withdraws_them() {
+    let bed = testbed_shared();
+    let s = Session::start(Kind::X11);
+    let bus = s.monitor_notifications();
+    // Wrote to its overlay and powered off before the app started: found pending.
+    let found = marker_guest(&bed.uri, "vmo-nt-found", "FOUND-MARK", 2 << 20);
+    let found_base = checksum(&found.base);
+    let asked = TestVm::define(
+        &bed.uri,
+        "vmo-nt-asked",
+        &Behaviour {
+            marker: Some("ASKED-MARK".into()),
+            offset: 2 << 20,
+            hold_secs: 0,
+        },
+    );
+    let (_app, hook) = start_app(&s, &["--connect", &bed.uri]);
+    hook.wait("tray-ready", Duration::from_secs(20), |v| {
+        v["event"] == "tray-ready"
+    });
+
+    // The VM found pending: one notification, with the three answers for that VM.
+    let n = bus.wait_notify(
+        "the found VM's notification",
+        "vmo-nt-found is waiting for a decision",
+    );
+    let actions: Vec<String> = n[5]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    for (key, label) in [
+        ("app.commit", "Commit"),
+        ("app.discard", "Discard"),
+        ("app.later", "Later"),
+    ] {
+        let i = actions
+            .iter()
+            .position(|a| a.starts_with(key) && a.contains("vmo-nt-found"))
+            .unwrap_or_else(|| panic!("no {key} button for the VM: {actions:?}"));
+        assert_eq!(actions[i + 1], label, "{actions:?}");
+    }
+    assert!(
+        actions.iter().any(|a| a == "default"),
+        "a default action: {actions:?}"
+    );
+    assert_eq!(
+        hook.count(|v| is(v, "prompt-mapped", &found.name)),
+        0,
+        "no dialog at start"
+    );
+    s.notification_action("Discard", "vmo-nt-found");
+    let done = hook.wait("the notification's discard", Duration::from_secs(30), |v| {
+        is(v, "job-done", &found.name)
+    });
+    assert_eq!(done["extra"]["op"], "discard", "{done}");
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    assert_eq!(checksum(&found.base), found_base, "the base is untouched");
+    assert_eq!(common::images::changed(&found.overlay), 0);
+
+    // "Later" in the prompt moves the question to a notification; its Commit commits.
+    asked.start();
+    hook.wait("the prompt", Duration::from_secs(90), |v| {
+        is(v, "prompt-mapped", &asked.name)
+    });
+    click_response(&s, "vmo-nt-asked has shut down", "later");
+    bus.wait_notify(
+        "the notification after Later",
+        "vmo-nt-asked is waiting for a decision",
+    );
+    s.notification_action("Commit", "vmo-nt-asked");
+    let done = hook.wait("the notification's commit", Duration::from_secs(30), |v| {
+        is(v, "job-done", &asked.name)
+    });
+    assert_eq!(done["extra"]["op"], "commit", "{done}");
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    assert_eq!(read_image(&asked.base, 2 << 20, 10), b"ASKED-MARK");
+    assert_eq!(common::images::changed(&asked.overlay), 0);
+
+    // Put off again, then started: the notification is taken back while it runs; at the next
+    // stop the prompt asks (and the notification with it); the prompt answers: withdrawn.
+    asked.start();
+    hook.wait_count("the second prompt", Duration::from_secs(90), 2, |v| {
+        is(v, "prompt-mapped", &asked.name)
+    });
+    click_response(&s, "vmo-nt-asked has shut down", "later");
+    let asks = |bus: &common::desktop::BusMonitor| {
+        bus.calls("Notify")
+            .iter()
+            .filter(|n| {
+                n[3].as_str()
+                    .is_some_and(|t| t.contains("vmo-nt-asked is waiting"))
+            })
+            .count()
+    };
+    common_wait(|| asks(&bus) == 2, "the second notification");
+    asked.start();
+    // (The first withdraw was its own Commit button's answer.)
+    hook.wait_count("the withdraw at start", Duration::from_secs(30), 2, |v| {
+        is(v, "notification-withdrawn", &asked.name)
+    });
+    hook.wait_count("the third prompt", Duration::from_secs(90), 3, |v| {
+        is(v, "prompt-mapped", &asked.name)
+    });
+    common_wait(|| asks(&bus) == 3, "the notification back with the prompt");
+    let closes = bus.calls("CloseNotification").len();
+    click_response(&s, "vmo-nt-asked has shut down", "discard");
+    hook.wait_count("the prompt's discard", Duration::from_secs(30), 2, |v| {
+        is(v, "job-done", &asked.name)
+    });
+    let done = hook
+        .events()
+        .into_iter()
+        .filter(|v| is(v, "job-done", &asked.name))
+        .nth(1)
+        .unwrap();
+    assert_eq!(done["extra"]["ok"], true, "{done}");
+    hook.wait_count("the withdraw", Duration::from_secs(10), 3, |v| {
+        is(v, "notification-withdrawn", &asked.name)
+    });
+    common_wait(
+        || bus.calls("CloseNotification").len() > closes,
+        "the notification server told to close it",
+    );
+    assert_eq!(common::images::changed(&asked.overlay), 0);
+    assert_eq!(
+        read_image(&asked.base, 2 << 20, 10),
+        b"ASKED-MARK",
+        "discarding kept the committed base"
+    );
+
+    // A click on a notification's body opens the status window.
+    common_wait(
+        || xdotool(&s, &["search", "--onlyvisible", "--name", "^VM Overlay$"]).is_empty(),
+        "no status window yet",
+    );
+    s.notification_default_action();
+    common_wait(
+        || !xdotool(&s, &["search", "--onlyvisible", "--name", "^VM Overlay$"]).is_empty(),
+        "the status window from the notification's default action",
+    );
 }

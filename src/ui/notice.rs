@@ -14,10 +14,25 @@ pub struct Notification {
     pub title: String,
     pub body: String,
     pub error: bool,
+    pub buttons: Vec<Button>,
+}
+
+/// A notification's button: the application's action it activates, with the VM as target.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Button {
+    pub label: String,
+    /// `app.commit`, `app.discard` or `app.later`.
+    pub action: &'static str,
+    pub vm: VmKey,
+}
+
+/// The ID of a VM's notification: one per VM, replaced as its state changes.
+pub fn id(vm: &VmKey) -> String {
+    format!("vm:{}:{}", vm.uri, vm.name)
 }
 
 fn about(vm: &VmKey) -> Option<String> {
-    Some(format!("vm:{}:{}", vm.uri, vm.name))
+    Some(id(vm))
 }
 
 impl Notice {
@@ -50,6 +65,7 @@ pub fn of(notice: &Notice) -> Notification {
                 title,
                 body,
                 error: false,
+                buttons: Vec::new(),
             }
         }
         Notice::Failed { key, op, error } => Notification {
@@ -60,6 +76,7 @@ pub fn of(notice: &Notice) -> Notification {
             },
             body: error.to_string(),
             error: true,
+            buttons: Vec::new(),
         },
         Notice::Changed {
             key,
@@ -94,6 +111,7 @@ pub fn of(notice: &Notice) -> Notification {
                 title,
                 body,
                 error,
+                buttons: Vec::new(),
             }
         }
         Notice::Blocked { key, error } => Notification {
@@ -104,7 +122,34 @@ pub fn of(notice: &Notice) -> Notification {
             ),
             body: error.to_string(),
             error: false,
+            buttons: Vec::new(),
         },
+        Notice::Pending { key, decision } => {
+            let button = |label: String, action| Button {
+                label,
+                action,
+                vm: key.clone(),
+            };
+            let mut buttons = vec![button(tr("Commit"), "app.commit")];
+            if decision.no_discard.is_none() {
+                buttons.push(button(tr("Discard"), "app.discard"));
+            }
+            buttons.push(button(tr("Later"), "app.later"));
+            let mut body = crate::ui::prompt::body(decision);
+            if let Some(why) = &decision.no_discard {
+                body = format!("{body}\n\n{why}");
+            }
+            Notification {
+                id: about(key),
+                title: tr_f(
+                    "{vm} is waiting for a decision about its changes",
+                    &[("vm", &key.name)],
+                ),
+                body,
+                error: false,
+                buttons,
+            }
+        }
     }
 }
 
@@ -146,6 +191,7 @@ pub fn recovered(vm: &VmKey, op: OpKind, result: &Result<Outcome, OpError>) -> N
         title: "VM Overlay".into(),
         body,
         error,
+        buttons: Vec::new(),
     }
 }
 
@@ -160,6 +206,7 @@ pub fn no_tray(error: &str) -> Notification {
         title: tr("No system tray"),
         body,
         error: false,
+        buttons: Vec::new(),
     }
 }
 
@@ -169,6 +216,7 @@ pub fn autostart_failed(error: &impl std::fmt::Display) -> Notification {
         title: tr("Could not change start at login"),
         body: error.to_string(),
         error: true,
+        buttons: Vec::new(),
     }
 }
 
@@ -178,5 +226,41 @@ pub fn setting_not_saved(error: &impl std::fmt::Display) -> Notification {
         title: tr("Could not save the setting"),
         body: error.to_string(),
         error: true,
+        buttons: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::Decision;
+
+    fn pending(no_discard: Option<&str>) -> Notification {
+        of(&Notice::Pending {
+            key: VmKey::new("qemu:///system", "web"),
+            decision: Decision {
+                changed: 3 << 20,
+                forced: None,
+                no_discard: no_discard.map(str::to_string),
+            },
+        })
+    }
+
+    #[test]
+    fn a_pending_decision_is_asked_with_the_vms_own_actions() {
+        let n = pending(None);
+        assert_eq!(n.id.as_deref(), Some("vm:qemu:///system:web"));
+        let actions: Vec<_> = n.buttons.iter().map(|b| b.action).collect();
+        assert_eq!(actions, ["app.commit", "app.discard", "app.later"]);
+        assert!(n
+            .buttons
+            .iter()
+            .all(|b| b.vm == VmKey::new("qemu:///system", "web")));
+        assert!(n.body.contains("3.0 MiB"), "{}", n.body);
+        // Discard is not offered when it would be refused; the body says why.
+        let n = pending(Some("the firmware cannot follow"));
+        let actions: Vec<_> = n.buttons.iter().map(|b| b.action).collect();
+        assert_eq!(actions, ["app.commit", "app.later"]);
+        assert!(n.body.ends_with("the firmware cannot follow"), "{}", n.body);
     }
 }

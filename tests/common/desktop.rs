@@ -92,6 +92,24 @@ impl Session {
             PANEL_XML,
         )
         .unwrap();
+        // dunst's context menu lists the notifications' buttons through a dmenu-like program:
+        // this one chooses the line that names the button and the VM written to `dunst-pick`
+        // (see `Session::notification_action`), as a user picks it from the menu.
+        std::fs::create_dir_all(home.join(".config/dunst")).unwrap();
+        let picker = home.join("dunst-pick.sh");
+        std::fs::write(
+            &picker,
+            "#!/bin/sh\nin=$(cat)\nprintf '%s\\n' \"$in\" >> \"$HOME/dunst-menu.log\"\n\
+             label=$(sed -n 1p \"$HOME/dunst-pick\"); vm=$(sed -n 2p \"$HOME/dunst-pick\")\n\
+             printf '%s\\n' \"$in\" | grep -F -- \"$label\" | grep -m1 -F -- \"$vm\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&picker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            home.join(".config/dunst/dunstrc"),
+            format!("[global]\n    dmenu = {}\n", picker.display()),
+        )
+        .unwrap();
         let user = match kind {
             Kind::X11 | Kind::X11NoTray => None,
             Kind::Wayland => Some((65534, 65534)), // nobody:nogroup
@@ -274,6 +292,96 @@ impl Session {
         c
     }
 
+    /// sway's IPC socket (`$XDG_RUNTIME_DIR/sway-ipc.<uid>.<pid>.sock`), Wayland sessions only.
+    pub fn sway_socket(&self) -> PathBuf {
+        let run = PathBuf::from(self.var("XDG_RUNTIME_DIR"));
+        let mut found = None;
+        wait_for("sway's IPC socket", Duration::from_secs(20), || {
+            found = std::fs::read_dir(&run).ok().and_then(|d| {
+                d.flatten().map(|e| e.path()).find(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("sway-ipc.") && n.ends_with(".sock"))
+                })
+            });
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// The compositor's own window events (sway IPC `subscribe ["window"]`), each with the
+    /// moment it was read: a `new` event is sent when a window's first frame is committed.
+    pub fn sway_window_events(&self) -> std::sync::mpsc::Receiver<(std::time::SystemTime, Value)> {
+        use std::io::{Read, Write};
+        let mut sock = std::os::unix::net::UnixStream::connect(self.sway_socket())
+            .expect("connect to sway's IPC socket");
+        let send = |sock: &mut std::os::unix::net::UnixStream, kind: u32, payload: &[u8]| {
+            let mut msg = b"i3-ipc".to_vec();
+            msg.extend_from_slice(&(payload.len() as u32).to_ne_bytes());
+            msg.extend_from_slice(&kind.to_ne_bytes());
+            msg.extend_from_slice(payload);
+            sock.write_all(&msg).unwrap();
+        };
+        const SUBSCRIBE: u32 = 2;
+        send(&mut sock, SUBSCRIBE, br#"["window"]"#);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || loop {
+            let mut header = [0u8; 14];
+            if sock.read_exact(&mut header).is_err() {
+                return;
+            }
+            let now = std::time::SystemTime::now();
+            let len = u32::from_ne_bytes(header[6..10].try_into().unwrap()) as usize;
+            let kind = u32::from_ne_bytes(header[10..14].try_into().unwrap());
+            let mut body = vec![0u8; len];
+            if sock.read_exact(&mut body).is_err() {
+                return;
+            }
+            // Events have the high bit set; the first reply is the subscription's answer.
+            if kind & 0x8000_0000 != 0 {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                if tx.send((now, v)).is_err() {
+                    return;
+                }
+            } else {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                assert_eq!(v["success"], true, "sway refused the subscription: {v}");
+            }
+        });
+        rx
+    }
+
+    /// Activates one of the application's actions over D-Bus (`org.gtk.Actions`), as a
+    /// notification server or a desktop shell does.
+    pub fn activate_action(&self, action: &str, target: Option<&str>) {
+        let params = match target {
+            Some(t) => format!("[<{t}>]"),
+            None => "[]".to_string(),
+        };
+        let out = self
+            .command("gdbus")
+            .args([
+                "call",
+                "--session",
+                "--dest",
+                "io.github.vmoverlay.VMOverlay",
+                "--object-path",
+                "/io/github/vmoverlay/VMOverlay",
+                "--method",
+                "org.gtk.Actions.Activate",
+                action,
+                &params,
+                "{}",
+            ])
+            .output()
+            .expect("gdbus (libglib2.0-bin) is installed");
+        assert!(
+            out.status.success(),
+            "activate app.{action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn busctl(&self, args: &[&str]) -> String {
         let out = self
             .command("busctl")
@@ -371,6 +479,68 @@ impl Session {
         path
     }
 
+    /// Chooses the button labelled `label` of the notification about `vm` in the
+    /// notification server's own menu (`dunstctl context`): dunst sends `ActionInvoked`, as
+    /// when a user clicks the button.
+    pub fn notification_action(&self, label: &str, vm: &str) {
+        std::fs::write(self.home.join("dunst-pick"), format!("{label}\n{vm}\n")).unwrap();
+        if let Some((uid, gid)) = self.user {
+            chown_r(&self.home.join("dunst-pick"), uid, gid);
+        }
+        let out = self
+            .command("dunstctl")
+            .arg("context")
+            .output()
+            .expect("dunstctl is installed");
+        assert!(
+            out.status.success(),
+            "dunstctl context: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Invokes the default action of the newest notification shown (a click on its body).
+    pub fn notification_default_action(&self) {
+        let out = self
+            .command("dunstctl")
+            .args(["action", "0"])
+            .output()
+            .expect("dunstctl is installed");
+        assert!(
+            out.status.success(),
+            "dunstctl action: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Records every message to and from the notification server (`busctl monitor`).
+    pub fn monitor_notifications(&self) -> BusMonitor {
+        let mut child = self
+            .command("busctl")
+            .args([
+                "--user",
+                "monitor",
+                "--json=short",
+                "org.freedesktop.Notifications",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("busctl (systemd) is installed");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (out, store) = (child.stdout.take().unwrap(), seen.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    store.lock().unwrap().push(v);
+                }
+            }
+        });
+        // Monitoring starts once busctl has said hello to the bus.
+        std::thread::sleep(Duration::from_millis(300));
+        BusMonitor { child, seen }
+    }
+
     /// Text of the notifications the daemon has shown.
     pub fn notifications(&self) -> String {
         let _ = self.command("dunstctl").arg("close-all").output();
@@ -455,6 +625,55 @@ pub fn labels(layout: &Value) -> Vec<String> {
         walk(root, &mut out);
     }
     out
+}
+
+/// Messages of the notification server's D-Bus traffic, as `busctl monitor` decoded them.
+pub struct BusMonitor {
+    child: Child,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl BusMonitor {
+    pub fn messages(&self) -> Vec<Value> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Method calls of `member` (`Notify`, `CloseNotification`), their arguments as JSON.
+    pub fn calls(&self, member: &str) -> Vec<Value> {
+        self.messages()
+            .into_iter()
+            .filter(|m| m["type"] == "method_call" && m["member"] == member)
+            .map(|m| m["payload"]["data"].clone())
+            .collect()
+    }
+
+    /// Waits for a `Notify` call whose summary contains `summary`; returns its arguments
+    /// (app name, replaces id, icon, summary, body, actions, hints, timeout).
+    pub fn wait_notify(&self, what: &str, summary: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(n) = self
+                .calls("Notify")
+                .into_iter()
+                .find(|n| n[3].as_str().is_some_and(|s| s.contains(summary)))
+            {
+                return n;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; the notification server saw: {:?}",
+                self.calls("Notify")
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BusMonitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The test hook file the app appends to, read back as JSON lines.
