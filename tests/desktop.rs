@@ -4,43 +4,16 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::desktop::{find_item, labels, Hook, Kind, Session};
+use common::desktop::{
+    demo_dir, find_item, is, labels, our_item, start_app, App, Hook, Kind, Session,
+};
 use common::guest::{read_image, Behaviour, TestVm};
 use common::images::{checksum, reads_pattern};
 use common::{bin, testbed_shared, virsh};
 use vmoverlay::demo;
-
-struct App(Child);
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_app(s: &Session, args: &[&str]) -> (App, Hook) {
-    let hook = Hook(s.home.join("hook.jsonl"));
-    let log = std::fs::File::create(s.home.join("app.log")).unwrap();
-    let child = s
-        .command(bin())
-        .args(args)
-        .env("VMOVERLAY_TEST_HOOK", &hook.0)
-        .env("RUST_LOG", "vmoverlay=info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    (App(child), hook)
-}
-
-fn our_item(s: &Session) -> String {
-    let items = s.tray_items();
-    assert_eq!(items.len(), 1, "exactly our item is registered: {items:?}");
-    items[0].split('/').next().unwrap().to_string()
-}
 
 fn wait_menu(
     s: &Session,
@@ -64,10 +37,6 @@ fn wait_menu(
     }
 }
 
-fn demo_dir(s: &Session) -> std::path::PathBuf {
-    s.home.join(".cache/vmoverlay/demo")
-}
-
 fn xdotool(s: &Session, args: &[&str]) -> String {
     let out = s.command("xdotool").args(args).output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -83,10 +52,6 @@ fn click_response(s: &Session, title: &str, response: &str) {
         other => panic!("no response {other}"),
     };
     click_dialog_button(s, title, column, 3);
-}
-
-fn is(v: &serde_json::Value, event: &str, vm: &str) -> bool {
-    v["event"] == event && v["vm"] == vm
 }
 
 #[test]
