@@ -602,7 +602,7 @@ pub fn start_app(s: &Session, args: &[&str]) -> (App, Hook) {
         .command(super::bin())
         .args(args)
         .env("VMOVERLAY_TEST_HOOK", &hook.0)
-        .env("RUST_LOG", "vmoverlay=info")
+        .env("RUST_LOG", "vmoverlay=debug")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
