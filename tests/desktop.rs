@@ -4,43 +4,16 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::desktop::{find_item, labels, Hook, Kind, Session};
+use common::desktop::{
+    demo_dir, find_item, is, labels, our_item, start_app, App, Hook, Kind, Session,
+};
 use common::guest::{marker_guest, read_image, Behaviour, TestVm};
 use common::images::{checksum, reads_pattern};
 use common::{bin, testbed_shared, virsh};
 use vmoverlay::demo;
-
-struct App(Child);
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_app(s: &Session, args: &[&str]) -> (App, Hook) {
-    let hook = Hook(s.home.join("hook.jsonl"));
-    let log = std::fs::File::create(s.home.join("app.log")).unwrap();
-    let child = s
-        .command(bin())
-        .args(args)
-        .env("VMOVERLAY_TEST_HOOK", &hook.0)
-        .env("RUST_LOG", "vmoverlay=info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    (App(child), hook)
-}
-
-fn our_item(s: &Session) -> String {
-    let items = s.tray_items();
-    assert_eq!(items.len(), 1, "exactly our item is registered: {items:?}");
-    items[0].split('/').next().unwrap().to_string()
-}
 
 fn wait_menu(
     s: &Session,
@@ -62,10 +35,6 @@ fn wait_menu(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn demo_dir(s: &Session) -> std::path::PathBuf {
-    s.home.join(".cache/vmoverlay/demo")
 }
 
 fn xdotool(s: &Session, args: &[&str]) -> String {
@@ -96,10 +65,6 @@ fn tray_property(s: &Session, item: &str, name: &str) -> serde_json::Value {
         name,
     ]);
     serde_json::from_str(&out).unwrap_or(serde_json::Value::Null)
-}
-
-fn is(v: &serde_json::Value, event: &str, vm: &str) -> bool {
-    v["event"] == event && v["vm"] == vm
 }
 
 #[test]

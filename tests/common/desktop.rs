@@ -1,6 +1,7 @@
 //! Real desktop sessions for the app's tests: a session D-Bus, a notification daemon (dunst)
 //! and a StatusNotifierItem host, either X11 (Xvfb + openbox + xfce4-panel's systray) or
-//! Wayland (headless sway + waybar, run as `nobody` because sway refuses root).
+//! Wayland (headless sway + waybar, run as `nobody` because sway refuses root). The real
+//! shells (GNOME Shell, KDE Plasma) are started by `super::shells` inside the same session.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -33,18 +34,38 @@ const PANEL_XML: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 pub enum Kind {
     X11,
     Wayland,
-    /// X11 without any tray host (GNOME without the AppIndicator extension).
+    /// X11 without any tray host (openbox alone).
     X11NoTray,
+    /// GNOME Shell 43, Wayland, headless, with the AppIndicator extension (see `shells`).
+    Gnome,
+    /// GNOME Shell 43 as GNOME ships it: no tray host at all.
+    GnomeNoTray,
+    /// KDE Plasma 5.27 on X11: Xvfb + kwin_x11 + plasmashell.
+    PlasmaX11,
+    /// KDE Plasma 5.27 on Wayland: kwin_wayland --virtual + plasmashell.
+    PlasmaWayland,
+}
+
+impl Kind {
+    /// A real shell: it brings its own notification server (and tray host, if any).
+    pub fn is_shell(self) -> bool {
+        matches!(
+            self,
+            Kind::Gnome | Kind::GnomeNoTray | Kind::PlasmaX11 | Kind::PlasmaWayland
+        )
+    }
 }
 
 pub struct Session {
     pub kind: Kind,
     pub home: PathBuf,
-    env: Vec<(String, String)>,
+    pub(super) env: Vec<(String, String)>,
     /// Run session programs (and the app) as this user (`setpriv`), or as ourselves.
     user: Option<(u32, u32)>,
-    children: Vec<Child>,
+    pub(super) children: Vec<Child>,
     dbus_pid: Option<i32>,
+    /// Real shells are heavy (software rendering on 2 cores): one at a time per test binary.
+    _one_shell: Option<std::sync::MutexGuard<'static, ()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -64,7 +85,7 @@ fn free_display() -> u32 {
         .expect("a free X display number")
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(
@@ -77,6 +98,10 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 impl Session {
     pub fn start(kind: Kind) -> Session {
+        static ONE_SHELL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one_shell = kind
+            .is_shell()
+            .then(|| ONE_SHELL.lock().unwrap_or_else(|e| e.into_inner()));
         let dir = tempfile::Builder::new()
             .prefix("vmoverlay-session-")
             .tempdir()
@@ -112,7 +137,8 @@ impl Session {
         .unwrap();
         let user = match kind {
             Kind::X11 | Kind::X11NoTray => None,
-            Kind::Wayland => Some((65534, 65534)), // nobody:nogroup
+            // nobody:nogroup (sway, gnome-shell and kwin want an unprivileged user).
+            _ => Some((65534, 65534)),
         };
         if let Some((uid, gid)) = user {
             for p in [dir.path().to_path_buf(), home.clone(), run.clone()] {
@@ -137,60 +163,85 @@ impl Session {
                     "XDG_STATE_HOME".into(),
                     home.join(".local/state").display().to_string(),
                 ),
-                ("NO_AT_BRIDGE".into(), "1".into()),
-                ("GTK_A11Y".into(), "none".into()),
-                ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+                ("PATH".into(), session_path(user.is_some())),
                 ("LANG".into(), "C.UTF-8".into()),
+                // Every process of this session carries it, also those the bus activates:
+                // how `Drop` finds them (and no other session's).
+                (
+                    "VMOVERLAY_TEST_SESSION".into(),
+                    dir.path().display().to_string(),
+                ),
             ],
             user,
             children: Vec::new(),
             dbus_pid: None,
+            _one_shell: one_shell,
             _dir: dir,
         };
+        if !kind.is_shell() {
+            // The shells' tests read the screen through AT-SPI.
+            s.env.push(("NO_AT_BRIDGE".into(), "1".into()));
+            s.env.push(("GTK_A11Y".into(), "none".into()));
+        }
         s.start_dbus();
         match kind {
             Kind::X11 => s.start_x11(true),
             Kind::X11NoTray => s.start_x11(false),
             Kind::Wayland => s.start_wayland(),
+            _ => super::shells::start(&mut s),
         }
-        let dunst = s
-            .command("dunst")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dunst is installed");
-        s.children.push(dunst);
-        if kind != Kind::X11NoTray {
-            wait_for("the StatusNotifierWatcher", Duration::from_secs(20), || {
-                s.busctl(&["list", "--no-pager"])
-                    .contains("org.kde.StatusNotifierWatcher")
+        if !kind.is_shell() {
+            let dunst = s
+                .command("dunst")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("dunst is installed");
+            s.children.push(dunst);
+        }
+        if !matches!(kind, Kind::X11NoTray | Kind::GnomeNoTray) {
+            wait_for("the StatusNotifierWatcher", Duration::from_secs(60), || {
+                s.has_name("org.kde.StatusNotifierWatcher")
             });
         }
-        wait_for("the notification daemon", Duration::from_secs(20), || {
-            s.busctl(&["list", "--no-pager"])
-                .contains("org.freedesktop.Notifications")
+        wait_for("the notification daemon", Duration::from_secs(60), || {
+            s.has_name("org.freedesktop.Notifications")
         });
         s
     }
 
-    fn start_dbus(&mut self) {
-        let mut child = self
-            .command("dbus-daemon")
-            .args(["--session", "--nofork", "--print-address=1"])
-            .stdout(Stdio::piped())
+    /// Is this bus name owned now (not merely activatable)?
+    pub fn has_name(&self, name: &str) -> bool {
+        self.busctl(&["list", "--no-pager", "--acquired"])
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(name))
+    }
+
+    /// The program name of a bus name's owner ("kded5", "gnome-shell"), if owned.
+    pub fn name_owner_comm(&self, name: &str) -> Option<String> {
+        self.busctl(&["status", "--no-pager", name])
+            .lines()
+            .find_map(|l| l.strip_prefix("Comm="))
+            .map(str::to_string)
+    }
+
+    pub(super) fn set_var(&mut self, name: &str, value: &str) {
+        self.env.push((name.into(), value.into()));
+    }
+
+    /// Starts a long-running program of the session, killed with it; output to `log`.
+    pub(super) fn spawn(&mut self, mut cmd: Command, log: &str) {
+        let log = std::fs::File::create(self.home.join(log)).unwrap();
+        let child = cmd
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
-            .expect("dbus-daemon is installed");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        self.env
-            .push(("DBUS_SESSION_BUS_ADDRESS".into(), line.trim().to_string()));
-        self.dbus_pid = Some(child.id() as i32);
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
         self.children.push(child);
     }
 
-    fn start_x11(&mut self, with_panel: bool) {
+    /// Starts Xvfb on a free display and points the session at it.
+    pub(super) fn start_xvfb(&mut self) {
         let n = free_display();
         let xvfb = Command::new("Xvfb")
             .arg(format!(":{n}"))
@@ -205,6 +256,28 @@ impl Session {
         });
         self.env.push(("DISPLAY".into(), format!(":{n}")));
         self.env.push(("GDK_BACKEND".into(), "x11".into()));
+    }
+
+    fn start_dbus(&mut self) {
+        let mut child = self
+            .command("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(self.home.join("session-bus.log")).unwrap())
+            .spawn()
+            .expect("dbus-daemon is installed");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        self.env
+            .push(("DBUS_SESSION_BUS_ADDRESS".into(), line.trim().to_string()));
+        self.dbus_pid = Some(child.id() as i32);
+        self.children.push(child);
+    }
+
+    fn start_x11(&mut self, with_panel: bool) {
+        self.start_xvfb();
         let progs: &[&str] = if with_panel {
             &["openbox", "xfce4-panel"]
         } else {
@@ -455,13 +528,17 @@ impl Session {
 
     pub fn screenshot(&self, name: &str) -> PathBuf {
         let path = artifacts().join(name);
+        if self.kind.is_shell() {
+            super::shells::screenshot(self, &path);
+            return path;
+        }
         let out = match self.kind {
             Kind::X11 | Kind::X11NoTray => self
                 .command("import")
                 .args(["-window", "root"])
                 .arg(&path)
                 .output(),
-            Kind::Wayland => {
+            _ => {
                 let tmp = self.home.join("shot.png");
                 let o = self.command("grim").arg(&tmp).output();
                 if o.as_ref().is_ok_and(|o| o.status.success()) {
@@ -551,29 +628,79 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The session's logs outlive a failed test, next to its screenshots.
+            let keep = artifacts().join(format!("logs-{:?}", self.kind));
+            let _ = std::fs::create_dir_all(&keep);
+            for log in std::fs::read_dir(&self.home)
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if log
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "log" || e == "jsonl")
+                {
+                    let _ = std::fs::copy(log.path(), keep.join(log.file_name()));
+                }
+            }
+        }
         for c in self.children.iter_mut().rev() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // Everything the session's user started (sway's children, waybar, xfconfd…).
-        if let Some((uid, _)) = self.user {
-            let _ = Command::new("pkill")
-                .args(["-KILL", "-U", &uid.to_string()])
-                .status();
-        }
-        if let Some(addr) = self
-            .env
-            .iter()
-            .find(|(k, _)| k == "DBUS_SESSION_BUS_ADDRESS")
-        {
-            let _ = Command::new("pkill")
-                .args(["-f", &format!("DBUS_SESSION_BUS_ADDRESS={}", addr.1)])
-                .status();
+        // Everything else this session started (sway's children, services the bus
+        // activated, the shells' helpers), found by the variable they all inherit; never
+        // another session's processes, even when they run as the same user.
+        let marker = format!(
+            "VMOVERLAY_TEST_SESSION={}",
+            self.var("VMOVERLAY_TEST_SESSION")
+        );
+        for _ in 0..3 {
+            let pids = pids_with_env(&marker);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                // SAFETY: kill(2) with a pid read from /proc just now; no memory involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
 
-fn chown_r(p: &Path, uid: u32, gid: u32) {
+/// Processes whose environment holds `entry` ("NAME=value").
+fn pids_with_env(entry: &str) -> Vec<i32> {
+    let own = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != own)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == entry.as_bytes()))
+        })
+        .collect()
+}
+
+/// PATH for the session: an unprivileged user gets none of root's own directories (a
+/// `nobody` process that finds an unreadable directory first in PATH fails oddly).
+fn session_path(unprivileged: bool) -> String {
+    let path = std::env::var("PATH").unwrap_or_default();
+    if !unprivileged {
+        return path;
+    }
+    path.split(':')
+        .filter(|d| !d.starts_with("/root"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+pub(super) fn chown_r(p: &Path, uid: u32, gid: u32) {
     let _ = std::os::unix::fs::lchown(p, Some(uid), Some(gid));
     if p.is_dir() && !p.is_symlink() {
         for e in std::fs::read_dir(p).unwrap().flatten() {
@@ -674,6 +801,49 @@ impl Drop for BusMonitor {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The app, killed when dropped.
+pub struct App(pub Child);
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts the app inside the session with a test hook; its log goes to `~/app.log`.
+pub fn start_app(s: &Session, args: &[&str]) -> (App, Hook) {
+    let hook = Hook(s.home.join("hook.jsonl"));
+    let log = std::fs::File::create(s.home.join("app.log")).unwrap();
+    let child = s
+        .command(super::bin())
+        .args(args)
+        .env("VMOVERLAY_TEST_HOOK", &hook.0)
+        .env("RUST_LOG", "vmoverlay=debug")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    (App(child), hook)
+}
+
+/// The bus name of the one registered StatusNotifierItem, ours.
+pub fn our_item(s: &Session) -> String {
+    let items = s.tray_items();
+    assert_eq!(items.len(), 1, "exactly our item is registered: {items:?}");
+    items[0].split('/').next().unwrap().to_string()
+}
+
+/// Is this hook event `event` about VM `vm`?
+pub fn is(v: &Value, event: &str, vm: &str) -> bool {
+    v["event"] == event && v["vm"] == vm
+}
+
+/// Where `vmoverlay --demo` keeps its images in this session.
+pub fn demo_dir(s: &Session) -> PathBuf {
+    s.home.join(".cache/vmoverlay/demo")
 }
 
 /// The test hook file the app appends to, read back as JSON lines.

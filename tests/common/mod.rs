@@ -8,6 +8,7 @@
 pub mod desktop;
 pub mod guest;
 pub mod images;
+pub mod shells;
 pub mod vm_state;
 
 use std::fs::File;

@@ -33,6 +33,14 @@ install_packages() {
         sway waybar grim dunst fonts-dejavu-core adwaita-icon-theme \
         desktop-file-utils appstream python3 ovmf \
         xdg-desktop-portal xdg-desktop-portal-gnome bubblewrap
+    # The real shells the desktop tests run the app in (tests/gnome_shell.rs, tests/kde_plasma.rs):
+    # GNOME Shell 43 with the AppIndicator extension (gjs runs GNOME's notification service),
+    # KDE Plasma 5.27 on X11 and Wayland; an AT-SPI client (python3-gi) that finds what the
+    # shells and the app draw, and GdkPixbuf to save KWin's screenshots (tests/shells/atspi.py).
+    apt-get install -y -q --no-install-recommends \
+        gnome-shell gnome-shell-extension-appindicator gjs \
+        plasma-workspace plasma-desktop kwin-wayland kwin-x11 qtwayland5 \
+        at-spi2-core gir1.2-atspi-2.0 gir1.2-gdkpixbuf-2.0 python3-gi
 }
 
 running() {
