@@ -952,10 +952,14 @@ fn restore_overlay(disk: &ManagedDisk, kept: &Path) -> Result<(), String> {
     })
 }
 
+/// Builds the [`DomainCheck`] for the domain a history record names.
+pub type HistoryCheckFactory<'a> =
+    &'a dyn Fn(&HistoryRecord) -> Result<Box<dyn DomainCheck>, OpError>;
+
 /// Finishes every rollback and expiry an earlier run left in `journal`.
 pub fn recover(
     journal: &Journal,
-    make_check: &dyn Fn(&HistoryRecord) -> Result<Box<dyn DomainCheck>, OpError>,
+    make_check: HistoryCheckFactory,
 ) -> Vec<(HistoryRecord, Result<(), OpError>)> {
     journal
         .pending_of::<HistoryRecord>()
