@@ -16,6 +16,7 @@ use virt::connect::Connect;
 use crate::libvirt::domains::{self, LibvirtCheck};
 use crate::overlay::discover::parse_disks;
 use crate::overlay::disposable::{self, AdoptPlan, ChangeRecord};
+use crate::overlay::history;
 use crate::overlay::{
     image, ops, DomainCheck, DomainDisks, EngineChoice, FirmwareRestore, FirmwareStore, Journal,
     ManagedDisk, OpError, OpKind, Outcome, Pin, Progress, Record, Request, SkipReason,
@@ -493,6 +494,14 @@ pub fn recover(journal: &Journal) -> Vec<(Record, Result<Outcome, OpError>)> {
             Err(e) => log::warn!("the interrupted {what}: {e}"),
         }
     }
+    for (rec, result) in history::recover(journal, &|r| {
+        domains::check_for(&r.uri, &r.domain, r.uuid.as_deref())
+    }) {
+        match result {
+            Ok(()) => log::info!("finished the interrupted history step of {}", rec.domain),
+            Err(e) => log::warn!("the interrupted history step of {}: {e}", rec.domain),
+        }
+    }
     let results = ops::recover(journal, &domains::check_for_record, &mut |_, _| {});
     for (rec, result) in &results {
         if let Ok(o) = result {
@@ -727,4 +736,84 @@ pub fn release(plan: ReleaseVm, ctx: &Context) -> Result<Option<Done>, OpError> 
         disposable::release(&plan.uri, &plan.vm, disk, &check, &ctx.journal)?;
     }
     Ok(done)
+}
+
+/// A VM's disks that keep history (every managed disk, or `only`), with their check. Refuses
+/// when none of them can (a raw base, the libvirt engine). Blocking.
+pub fn history_disks(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    vm: &str,
+    only: Option<&str>,
+) -> Result<(Found, Vec<ManagedDisk>), OpError> {
+    let found = find(ctx, conn, uri, vm)?;
+    let disks = chosen_disks(vm, &found.disks, only)?;
+    let mut with = Vec::new();
+    let mut refusal = None;
+    for d in disks {
+        match history::unsupported(&d) {
+            None => with.push(d),
+            Some(why) => {
+                refusal.get_or_insert(OpError::HistoryUnsupported {
+                    vm: vm.to_string(),
+                    disk: d.target.clone(),
+                    why,
+                });
+            }
+        }
+    }
+    match (with.is_empty(), refusal) {
+        (true, Some(e)) => Err(e),
+        _ => Ok((found, with)),
+    }
+}
+
+/// The disk of `disks` that has revision `id` (`only` narrows it down), or why none.
+pub fn disk_with_revision(
+    ctx: &Context,
+    vm: &str,
+    disks: &[ManagedDisk],
+    id: u64,
+) -> Result<ManagedDisk, OpError> {
+    let store = history::Store::beside(&ctx.journal);
+    let mut having = disks
+        .iter()
+        .filter(|d| store.load(d).is_ok_and(|h| h.get(id).is_some()));
+    match (having.next(), having.next()) {
+        (Some(d), None) => Ok(d.clone()),
+        (Some(a), Some(b)) => Err(OpError::NotFound {
+            what: crate::i18n::tr_f(
+                "{vm} has a revision {revision} on more than one disk ({first}, {second}); say which with --disk",
+                &[
+                    ("vm", vm),
+                    ("revision", &id.to_string()),
+                    ("first", &a.target),
+                    ("second", &b.target),
+                ],
+            ),
+        }),
+        (None, _) => Err(OpError::NoSuchRevision {
+            vm: vm.to_string(),
+            revision: id,
+        }),
+    }
+}
+
+/// Rolls `disk` of `vm` back to revision `id`; returns the id of the revision that keeps the
+/// state left. Blocking.
+pub fn rollback(
+    ctx: &Context,
+    found: &Found,
+    uri: &str,
+    vm: &str,
+    disk: &ManagedDisk,
+    id: u64,
+) -> Result<u64, OpError> {
+    let left = history::rollback(uri, vm, disk, id, &found.check, &ctx.journal)?;
+    ctx.journal.set_last(
+        &disk.overlay,
+        &format!("rolled back to revision {id}; the state left is revision {left}"),
+    );
+    Ok(left)
 }

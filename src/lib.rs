@@ -6,7 +6,8 @@
 //! into the machine. The modules, from the entry point down:
 //!
 //! - [`application`]: the `adw::Application` subclass; owns everything the desktop app runs;
-//! - [`cli`]: the scriptable subcommands (`status`, `watch`, `commit`, `discard`);
+//! - [`cli`]: the scriptable subcommands (`status`, `watch`, `commit`, `discard`, `adopt`,
+//!   `release`, and history: `history`, `rollback`, `pin`, `unpin`, `keep`);
 //! - [`jobs`]: the one operation pipeline the CLI and the application share (plan, run,
 //!   recover, record);
 //! - [`machine`]: the pure state machine of the desktop app (events and choices in, effects out);

@@ -24,7 +24,8 @@ pub enum Exit {
 /// Exit codes of refusals (see `OpError::exit_code`): 4 not managed, 5 running, 6 locked or
 /// busy, 7 shared base, 8 no space, 9 not writable; 10 not confirmed; 11 saved state (managed
 /// save), 12 snapshots, 13 checkpoints or dirty bitmaps, 14 definition and image disagree on
-/// the backing file.
+/// the backing file; 15 firmware variables; 16 already disposable; 17 no history for this disk
+/// (raw base, libvirt engine); 18 the revision's base has changed since.
 pub const EXIT_NOT_CONFIRMED: i32 = 10;
 pub const EXIT_USAGE: i32 = 64;
 
@@ -101,6 +102,47 @@ pub enum Command {
     Adopt(OpArgs),
     #[command(about = help::release())]
     Release(ReleaseArgs),
+    #[command(about = help::history())]
+    History {
+        #[arg(help = help::vm())]
+        vm: String,
+        #[arg(long, value_name = "TARGET", help = help::disk())]
+        disk: Option<String>,
+        #[arg(long, help = help::json_array())]
+        json: bool,
+    },
+    #[command(about = help::rollback())]
+    Rollback(RevisionArgs),
+    #[command(about = help::pin())]
+    Pin {
+        #[command(flatten)]
+        rev: RevisionArgs,
+        #[arg(long, value_name = "TEXT", help = help::label())]
+        label: Option<String>,
+    },
+    #[command(about = help::unpin())]
+    Unpin(RevisionArgs),
+    #[command(about = help::keep())]
+    Keep {
+        #[arg(help = help::vm())]
+        vm: String,
+        #[arg(help = help::keep_n())]
+        n: u32,
+        #[arg(long, value_name = "TARGET", help = help::disk())]
+        disk: Option<String>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RevisionArgs {
+    #[arg(help = help::vm())]
+    pub vm: String,
+    #[arg(help = help::revision())]
+    pub revision: u64,
+    #[arg(long, value_name = "TARGET", help = help::disk())]
+    pub disk: Option<String>,
+    #[arg(long, short = 'y', help = help::yes())]
+    pub yes: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -218,6 +260,38 @@ mod help {
 
     pub fn release_discard() -> String {
         tr("Discard pending changes first")
+    }
+
+    pub fn history() -> String {
+        tr("A VM's revisions, newest first: the states its disks can be rolled back to")
+    }
+
+    pub fn rollback() -> String {
+        tr("Return a shut-off VM's disk (base and overlay) to a revision; the state left becomes a revision too")
+    }
+
+    pub fn pin() -> String {
+        tr("Keep a revision however many newer ones there are, optionally with a label")
+    }
+
+    pub fn unpin() -> String {
+        tr("Let a pinned revision expire again")
+    }
+
+    pub fn keep() -> String {
+        tr("How many revisions to keep per disk (pinned ones are kept besides; 0 turns history off)")
+    }
+
+    pub fn keep_n() -> String {
+        tr("Number of revisions")
+    }
+
+    pub fn revision() -> String {
+        tr("The revision's id (see `vmoverlay history VM`)")
+    }
+
+    pub fn label() -> String {
+        tr("A label for the revision (empty removes it)")
     }
 
     pub fn keep_firmware() -> String {

@@ -3,6 +3,7 @@
 
 mod adopt;
 pub mod args;
+mod history;
 mod operate;
 mod release;
 mod status;
@@ -30,6 +31,13 @@ pub fn run(cli: &Cli, command: &Command) -> i32 {
         }
         Command::Adopt(args) => adopt::run(ctx, &uris, args),
         Command::Release(args) => release::run(ctx, &uris, args),
+        Command::History { vm, disk, json } => {
+            history::list(ctx, &uris, vm, disk.as_deref(), *json)
+        }
+        Command::Rollback(args) => history::rollback(ctx, &uris, args),
+        Command::Pin { rev, label } => history::pin(ctx, &uris, rev, true, label.as_deref()),
+        Command::Unpin(rev) => history::pin(ctx, &uris, rev, false, None),
+        Command::Keep { vm, n, disk } => history::keep(ctx, &uris, vm, *n, disk.as_deref()),
         Command::Discard(args) => {
             let firmware = if args.keep_firmware {
                 Firmware::Keep

@@ -192,6 +192,28 @@ pub enum OpError {
         vm: String,
         disk: String,
     },
+    /// History (revisions, rollback) is not possible for this disk, and why.
+    HistoryUnsupported {
+        vm: String,
+        disk: String,
+        why: String,
+    },
+    /// The VM has no revision with this id.
+    NoSuchRevision {
+        vm: String,
+        revision: u64,
+    },
+    /// A kept overlay whose base has changed since: it no longer reads as it did.
+    RevisionStale {
+        vm: String,
+        revision: u64,
+    },
+    /// A rollback or an expiry failed after it started writing. `data` says where things are.
+    HistoryFailed {
+        overlay: PathBuf,
+        detail: String,
+        data: String,
+    },
     /// Failed after it started writing. `data` says where the guest's data is now.
     Failed {
         op: super::OpKind,
@@ -234,7 +256,10 @@ impl OpError {
     /// The process exit code for this class of error (a contract with scripts).
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Failed { .. } => 1,
+            Self::Failed { .. } | Self::HistoryFailed { .. } => 1,
+            Self::NoSuchRevision { .. } => 3,
+            Self::HistoryUnsupported { .. } => 17,
+            Self::RevisionStale { .. } => 18,
             Self::NotFound { .. } | Self::NoSuchDisk { .. } => 3,
             Self::DiskNotManaged { .. } | Self::NoManagedDisk { .. } | Self::BaseChanged { .. } => {
                 4
@@ -326,6 +351,10 @@ impl std::fmt::Display for OpError {
             Self::NotAdoptable { vm, disk, why } => tr_f("disk {disk} of {vm} cannot be made disposable: {why}. Nothing was changed.", &[("disk", disk), ("vm", vm), ("why", why)]),
             Self::AlreadyDisposable { vm, disk } => tr_f("disk {disk} of {vm} is already disposable (an overlay over a base). Nothing was changed.", &[("disk", disk), ("vm", vm)]),
             Self::ReleaseWithChanges { vm, disk } => tr_f("disk {disk} of {vm} has changes that are neither committed nor discarded. Nothing was changed. Say which with --commit or --discard.", &[("disk", disk), ("vm", vm)]),
+            Self::HistoryUnsupported { vm, disk, why } => tr_f("disk {disk} of {vm} keeps no history: {why}. Nothing was changed.", &[("disk", disk), ("vm", vm), ("why", why)]),
+            Self::NoSuchRevision { vm, revision } => tr_f("{vm} has no revision {revision} (see `vmoverlay history {vm}`). Nothing was changed.", &[("vm", vm), ("revision", &revision.to_string())]),
+            Self::RevisionStale { vm, revision } => tr_f("revision {revision} of {vm} holds changes written over an earlier state of its base, which has changed since; they would no longer read as they did. Nothing was changed. Roll back to the revision taken before that change first.", &[("vm", vm), ("revision", &revision.to_string())]),
+            Self::HistoryFailed { overlay, detail, data } => tr_f("The history operation on {overlay} failed: {detail}. {data}", &[("overlay", &p(overlay)), ("detail", detail), ("data", data)]),
             Self::Failed { op, overlay, detail, data } => failed_sentence(*op, overlay, detail, data),
         };
         f.write_str(&text)

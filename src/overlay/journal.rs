@@ -186,7 +186,7 @@ impl Journal {
     }
 
     /// Every commit or discard record, oldest first. Unreadable files are reported, not
-    /// deleted; records of other kinds (adopt, release) are left to [`Journal::pending_of`].
+    /// deleted; records of other kinds (adopt, release, rollback) are left to [`Journal::pending_of`].
     pub fn pending(&self) -> Vec<Result<Record, (PathBuf, String)>> {
         self.pending_of::<Record>()
             .into_iter()
@@ -194,7 +194,7 @@ impl Journal {
                 Err((p, _)) => fs::read(p)
                     .ok()
                     .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
-                    .is_none_or(|v| v.get("change").is_none()),
+                    .is_none_or(|v| v.get("change").is_none() && v.get("history").is_none()),
                 Ok(_) => true,
             })
             .collect()

@@ -11,6 +11,7 @@
 //! - [`engine`]: the [`ImageEngine`] and [`DomainCheck`] traits;
 //! - [`qemu_img`]: the `qemu-img` engine (the libvirt one is `crate::libvirt::engine`);
 //! - [`journal`]: the crash-safe record of operations in flight;
+//! - [`history`]: revisions taken before each commit and discard, rollback, retention;
 //! - [`firmware`]: UEFI variables that follow the disks;
 //! - [`ops`]: the orchestration: preconditions, journal, writes, resume;
 //! - [`disposable`]: adopt (make a disk an overlay over its image) and release (the reverse).
@@ -20,6 +21,7 @@ pub mod disposable;
 pub mod engine;
 pub mod error;
 pub mod firmware;
+pub mod history;
 pub mod image;
 pub mod journal;
 pub mod ops;

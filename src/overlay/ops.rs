@@ -3,8 +3,8 @@
 //!
 //! Order of every operation: preconditions (nothing written yet) → journal record → write.
 //! The domain's state, libvirt's saved state and the image locks are checked again right
-//! before each write. Commit: copy the overlay into the base, check the base, then rebuild.
-//! Discard: rebuild only.
+//! before each write. Commit: a revision of the base (history), copy the overlay into the
+//! base, check the base, then rebuild. Discard: keep the old overlay (history), rebuild.
 
 use std::path::Path;
 
@@ -286,6 +286,18 @@ fn execute(
             }
             return Err(e);
         }
+        // History: a snapshot of the base, right before the commit writes it.
+        if let Err(e) = super::history::before_commit(journal, &rec, changed, resumed) {
+            if !resumed {
+                let _ = journal.finish(&overlay);
+            }
+            return Err(failed(
+                OpKind::Commit,
+                &overlay,
+                format!("taking a revision: {e}"),
+                &tr("Nothing was committed: the overlay still holds all of the guest's data"),
+            ));
+        }
         images
             .commit(&rec.disk, progress)
             .map_err(|e| failed(OpKind::Commit, &overlay, e, &data_in_overlay()))?;
@@ -301,6 +313,7 @@ fn execute(
                 &tr("The overlay was kept as it is; check the base before using it"),
             ));
         }
+        super::history::base_written(journal, &rec.disk);
         rec.phase = Phase::Rebuilding;
         // The libvirt engine's QEMU may have touched the overlay's file while committing.
         rec.overlay_stamp = images.stamp(&rec.disk);
@@ -361,7 +374,22 @@ fn execute(
     }
     progress(Progress::Rebuilding);
     if !rebuilt {
+        // History: the discarded overlay is kept (linked aside) before it is replaced.
+        if rec.op == OpKind::Discard {
+            if let Err(e) = super::history::before_discard(journal, &rec, changed) {
+                return Err(failed(
+                    OpKind::Discard,
+                    &overlay,
+                    format!("keeping a revision: {e}"),
+                    &tr("The old overlay is still in place; the discard is journaled and will be finished at the next start"),
+                ));
+            }
+        }
         rebuild(&rec, images)?;
+    }
+    // History: expire what retention says, while the images are still known to be unused.
+    if let Err(e) = super::history::retain(journal, &rec.disk) {
+        log::warn!("{}: expiring old revisions: {e}", overlay.display());
     }
     if let Some(fw) = &rec.firmware {
         super::firmware::restore(fw).map_err(|e| {

@@ -1,0 +1,978 @@
+//! History: every commit and discard can be undone. A *revision* is a state of a disk (its base
+//! and its overlay) that can be rolled back to.
+//!
+//! # Mechanism, and why
+//! - **Before a commit**, an internal snapshot `vmoverlay-<id>` of the qcow2 base
+//!   (`qemu-img snapshot -c`) is taken inside the commit's preconditions and journal, right
+//!   before the commit writes. It costs no copy and almost no time: qcow2 only bumps reference
+//!   counts; the clusters the commit then overwrites are copied on write, so a revision holds
+//!   at most the bytes that commit wrote. Rolling back is `qemu-img snapshot -a` plus an empty
+//!   overlay (the state the guest saw after the commit before it).
+//! - **For a discard**, the replaced overlay is kept: hard-linked into `.vmoverlay-history/`
+//!   beside it before the rebuild renames a new, empty overlay over its name. No copy, no
+//!   moment without an overlay. The kept overlay stays restorable while the base holds what it
+//!   was written over: each revision records the base's *generation* (a counter bumped by every
+//!   commit, and by any change of the base's size or time this module did not make itself).
+//! - **A rollback** first records the state being left (kind `rollback`: a snapshot of the
+//!   base, and the overlay kept as for a discard), so it is itself undoable.
+//! - Internal snapshots in the *base* are allowed by the commit rules (only bitmaps in the base
+//!   and snapshots or bitmaps in the overlay are refused), and `qemu-img check` of a base with
+//!   snapshots passes, so revisions live in the base.
+//!
+//! # What is not covered, and what it would cost
+//! - **Raw bases** have no internal snapshots: a revision would be a full copy of the base
+//!   (time and space of the whole disk), or a reflink where the filesystem has them (btrfs,
+//!   XFS). Refused for now, with its own message and exit code.
+//! - **The libvirt engine** (root-owned images, written only by libvirtd): an internal
+//!   snapshot through libvirt is a libvirt snapshot (its metadata then blocks commits, by
+//!   design), or a QMP command in the paused QEMU the engine starts; a kept overlay would need
+//!   `vol-clone` (a full copy), as libvirt cannot rename a volume. Refused for now, likewise.
+//!
+//! # Safety
+//! Metadata lives per disk in the state directory (`history/<hash of the overlay>.json`),
+//! written atomically under a lock. A revision is recorded as `taking` before its snapshot or
+//! kept file exists and `ready` after; one that is expired is marked `expiring` first. An
+//! interrupted operation finds these marks and finishes (or drops) them; a rollback and an
+//! expiry are journaled like a commit and resumed at the next start.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::DomainCheck;
+use super::error::OpError;
+use super::image;
+use super::journal::{sync_dir, Journal, Record};
+use super::qemu_img;
+use super::types::{Engine, ManagedDisk, Stamp};
+use crate::i18n::{tr, tr_f};
+
+/// Revisions kept per disk unless the user says otherwise (`vmoverlay keep VM N`).
+pub const DEFAULT_KEEP: u32 = 3;
+/// The folder beside an overlay where overlays replaced by a discard or a rollback are kept.
+pub const KEPT_DIR: &str = ".vmoverlay-history";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevKind {
+    /// The base as it was before a commit, with an empty overlay.
+    Commit,
+    /// The changes a discard threw away, over the base they were written on.
+    Discard,
+    /// The state a rollback left.
+    Rollback,
+    /// The image as it was when it was made disposable (part of the contract; not taken yet).
+    Adopt,
+}
+
+impl RevKind {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Self::Commit => "commit",
+            Self::Discard => "discard",
+            Self::Rollback => "rollback",
+            Self::Adopt => "adopt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RevState {
+    /// Recorded before its snapshot or kept file was made.
+    Taking,
+    Ready,
+    /// Being deleted.
+    Expiring,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revision {
+    pub id: u64,
+    /// RFC 3339.
+    pub time: String,
+    pub kind: RevKind,
+    pub label: Option<String>,
+    pub pinned: bool,
+    /// For a snapshot: at most the bytes the commit after it wrote (what it can hold).
+    pub bytes: Option<u64>,
+    /// The internal snapshot of the base holding the base's content.
+    pub snapshot: Option<String>,
+    /// The kept overlay; `None` means an empty overlay.
+    pub overlay_file: Option<PathBuf>,
+    /// The generation of the base this revision's overlay goes with.
+    pub base_gen: u64,
+    pub state: RevState,
+    /// The operation that took it (so a resumed operation does not take it twice).
+    pub op: Option<String>,
+}
+
+impl Revision {
+    /// The bytes this revision holds on disk, where known.
+    pub fn held_bytes(&self) -> Option<u64> {
+        let file = self
+            .overlay_file
+            .as_ref()
+            .and_then(|f| fs::metadata(f).ok())
+            .map(|m| m.blocks() * 512);
+        match (self.snapshot.as_ref().and(self.bytes), file) {
+            (None, None) => None,
+            (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
+        }
+    }
+}
+
+/// The history of one disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskHistory {
+    pub overlay: PathBuf,
+    pub base: PathBuf,
+    pub keep: u32,
+    pub next_id: u64,
+    /// The base's content generation now, and the next one to hand out.
+    pub gen: u64,
+    pub next_gen: u64,
+    /// The base's size and time after this module last wrote it.
+    pub base_stamp: Option<Stamp>,
+    pub revisions: Vec<Revision>,
+}
+
+impl DiskHistory {
+    fn new(disk: &ManagedDisk) -> DiskHistory {
+        // Never reuse a snapshot name an earlier, lost history left in the base.
+        let taken = qemu_img::probe(&disk.base)
+            .map(|p| p.snapshots)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|n| n.strip_prefix("vmoverlay-")?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        DiskHistory {
+            overlay: disk.overlay.clone(),
+            base: disk.base.clone(),
+            keep: DEFAULT_KEEP,
+            next_id: taken + 1,
+            gen: 0,
+            next_gen: 1,
+            base_stamp: None,
+            revisions: Vec::new(),
+        }
+    }
+
+    pub fn ready(&self) -> impl Iterator<Item = &Revision> {
+        self.revisions.iter().filter(|r| r.state == RevState::Ready)
+    }
+
+    pub fn get(&self, id: u64) -> Option<&Revision> {
+        self.ready().find(|r| r.id == id)
+    }
+
+    /// Whether revision `r` can be rolled back to now.
+    pub fn restorable(&self, r: &Revision) -> bool {
+        r.snapshot.is_some() || r.base_gen == self.gen
+    }
+
+    /// Bytes held by every revision, where known.
+    pub fn held_bytes(&self) -> u64 {
+        self.ready().filter_map(|r| r.held_bytes()).sum()
+    }
+
+    fn bump_gen(&mut self) {
+        self.gen = self.next_gen;
+        self.next_gen += 1;
+    }
+
+    /// A base changed by someone else invalidates what was kept over it.
+    fn notice_external(&mut self) {
+        let now = Stamp::of(&self.base).ok();
+        if self.base_stamp.is_some() && now != self.base_stamp {
+            log::info!("{} changed outside VM Overlay", self.base.display());
+            self.bump_gen();
+        }
+        self.base_stamp = now;
+    }
+
+    fn new_revision(&mut self, kind: RevKind, op: Option<String>) -> Revision {
+        let id = self.next_id;
+        self.next_id += 1;
+        Revision {
+            id,
+            time: now(),
+            kind,
+            label: None,
+            pinned: false,
+            bytes: None,
+            snapshot: None,
+            overlay_file: None,
+            base_gen: self.gen,
+            state: RevState::Taking,
+            op,
+        }
+    }
+
+    fn set(&mut self, rev: Revision) {
+        match self.revisions.iter_mut().find(|r| r.id == rev.id) {
+            Some(r) => *r = rev,
+            None => self.revisions.push(rev),
+        }
+    }
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Whether history is possible for `disk`: `Err(why)` otherwise (translated).
+pub fn unsupported(disk: &ManagedDisk) -> Option<String> {
+    if disk.engine == Engine::Libvirt {
+        return Some(tr("its images are worked on by libvirtd (the libvirt engine), which cannot keep revisions yet"));
+    }
+    if disk.base_format != "qcow2" {
+        return Some(tr_f(
+            "its base is a {format} image; revisions need a qcow2 base (internal snapshots)",
+            &[("format", &disk.base_format)],
+        ));
+    }
+    None
+}
+
+/// Where the histories are kept: `history/` beside the journal's folder.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn beside(journal: &Journal) -> Store {
+        Store {
+            dir: journal
+                .dir()
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("history"),
+        }
+    }
+
+    pub fn path_for(&self, overlay: &Path) -> PathBuf {
+        Journal::at(&self.dir).path_for(overlay)
+    }
+
+    /// The history of `disk` as stored (a new one if there is none).
+    pub fn load(&self, disk: &ManagedDisk) -> std::io::Result<DiskHistory> {
+        match fs::read(self.path_for(&disk.overlay)) {
+            Ok(data) => serde_json::from_slice(&data).map_err(std::io::Error::from),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DiskHistory::new(disk)),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn save(&self, h: &DiskHistory) -> std::io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        let path = self.path_for(&h.overlay);
+        let tmp = path.with_extension("json.tmp");
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec_pretty(h)?)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)?;
+        sync_dir(&self.dir)
+    }
+
+    /// Loads, changes and saves the history of `disk` under a lock (one writer at a time).
+    pub fn update<R>(
+        &self,
+        disk: &ManagedDisk,
+        f: impl FnOnce(&mut DiskHistory) -> R,
+    ) -> std::io::Result<R> {
+        fs::create_dir_all(&self.dir)?;
+        let lock = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.path_for(&disk.overlay).with_extension("lock"))?;
+        lock.lock()?;
+        let mut h = self.load(disk)?;
+        let out = f(&mut h);
+        self.save(&h)?;
+        Ok(out)
+    }
+}
+
+/// Tests only (`VMOVERLAY_TEST_KILL_AT=POINT`): the process kills itself (SIGKILL) at POINT,
+/// so a test can prove that an interruption at exactly that step loses nothing.
+fn test_stop(point: &str) {
+    if std::env::var_os("VMOVERLAY_TEST_KILL_AT").is_some_and(|p| p == point) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+    }
+}
+
+fn io(e: std::io::Error) -> String {
+    format!("history: {e}")
+}
+
+fn qemu_img_run(args: &[&str], image: &Path) -> Result<(), String> {
+    let out = image::qemu_img()
+        .args(args)
+        .arg(image)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "qemu-img {} {}: {}",
+            args.join(" "),
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_start_matches("qemu-img: ")
+        ))
+    }
+}
+
+fn base_snapshots(base: &Path) -> Result<Vec<String>, String> {
+    qemu_img::probe(base)
+        .map(|p| p.snapshots)
+        .map_err(|e| e.to_string())
+}
+
+/// Takes an internal snapshot `name` of the base unless it exists already.
+fn snapshot_base(h: &mut DiskHistory, name: &str) -> Result<(), String> {
+    if !base_snapshots(&h.base)?.iter().any(|n| n == name) {
+        h.notice_external();
+        qemu_img_run(&["snapshot", "-q", "-c", name], &h.base)?;
+        h.base_stamp = Stamp::of(&h.base).ok();
+    }
+    Ok(())
+}
+
+/// The name a kept overlay of revision `id` gets.
+fn kept_path(overlay: &Path, id: u64) -> PathBuf {
+    let name = overlay.file_name().unwrap_or_default().to_string_lossy();
+    overlay
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(KEPT_DIR)
+        .join(format!("{name}.{id}"))
+}
+
+/// Hard-links the overlay to `kept` (no copy: the rebuild then renames a new file over the
+/// overlay's name), unless that was done already.
+fn keep_overlay(overlay: &Path, kept: &Path) -> Result<(), String> {
+    if kept.exists() {
+        return Ok(());
+    }
+    let dir = kept.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    fs::hard_link(overlay, kept).map_err(|e| format!("keeping {}: {e}", overlay.display()))?;
+    sync_dir(dir).map_err(|e| e.to_string())
+}
+
+/// The tag of the operation of `rec`: unique per commit or discard of one overlay.
+fn op_tag(rec: &Record) -> String {
+    format!(
+        "{} {} {}",
+        rec.op.word(),
+        rec.started,
+        rec.overlay_stamp.map(|s| s.mtime_ns).unwrap_or(0)
+    )
+}
+
+/// Finishes what an interrupted run left half-done in `h`: revisions being taken (ready if
+/// their snapshot or file exists, dropped otherwise). Only while the caller holds the disk's
+/// journal record.
+fn reconcile(h: &mut DiskHistory, keep_taking: Option<&str>) {
+    let snaps = base_snapshots(&h.base).unwrap_or_default();
+    h.revisions.retain_mut(|r| {
+        if r.state != RevState::Taking || (keep_taking.is_some() && r.op.as_deref() == keep_taking)
+        {
+            return true;
+        }
+        let snap_ok = r.snapshot.as_ref().is_none_or(|s| snaps.contains(s));
+        let file_ok = r.overlay_file.as_ref().is_none_or(|f| f.exists());
+        if snap_ok && file_ok {
+            r.state = RevState::Ready;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Commit hook, right before the commit writes the base (preconditions checked, journaled):
+/// a snapshot of the base. Nothing when history is impossible or off (`keep 0`), nor when a
+/// resumed commit has none yet (its base may be half-written already).
+pub fn before_commit(
+    journal: &Journal,
+    rec: &Record,
+    changed: u64,
+    resumed: bool,
+) -> Result<(), String> {
+    if unsupported(&rec.disk).is_some() {
+        return Ok(());
+    }
+    let store = Store::beside(journal);
+    let tag = op_tag(rec);
+    store
+        .update(&rec.disk, |h| -> Result<(), String> {
+            let existing = h
+                .revisions
+                .iter()
+                .find(|r| r.op.as_deref() == Some(&tag))
+                .cloned();
+            let mut rev = match existing {
+                Some(r) if r.state != RevState::Taking => return Ok(()),
+                Some(r) => r,
+                None if resumed || h.keep == 0 => return Ok(()),
+                None => {
+                    let mut r = h.new_revision(RevKind::Commit, Some(tag.clone()));
+                    r.snapshot = Some(format!("vmoverlay-{}", r.id));
+                    r.bytes = Some(changed);
+                    r
+                }
+            };
+            // Recorded before it exists: an interrupted run finds it either way.
+            h.set(rev.clone());
+            store.save(h).map_err(io)?;
+            test_stop("history-snapshot");
+            snapshot_base(h, rev.snapshot.as_deref().unwrap_or_default())?;
+            rev.state = RevState::Ready;
+            h.set(rev);
+            Ok(())
+        })
+        .map_err(io)?
+}
+
+/// Commit hook, after the commit wrote the base: the base holds new content.
+pub fn base_written(journal: &Journal, disk: &ManagedDisk) {
+    if unsupported(disk).is_some() {
+        return;
+    }
+    let r = Store::beside(journal).update(disk, |h| {
+        h.bump_gen();
+        h.base_stamp = Stamp::of(&h.base).ok();
+    });
+    if let Err(e) = r {
+        log::warn!("{}: {e}", disk.overlay.display());
+    }
+}
+
+/// Discard hook, right before the rebuild replaces the overlay: it is kept.
+pub fn before_discard(journal: &Journal, rec: &Record, changed: u64) -> Result<(), String> {
+    if unsupported(&rec.disk).is_some() || changed == 0 {
+        return Ok(());
+    }
+    let store = Store::beside(journal);
+    let tag = op_tag(rec);
+    store
+        .update(&rec.disk, |h| -> Result<(), String> {
+            h.notice_external();
+            let existing = h
+                .revisions
+                .iter()
+                .find(|r| r.op.as_deref() == Some(&tag))
+                .cloned();
+            let mut rev = match existing {
+                Some(r) if r.state != RevState::Taking => return Ok(()),
+                Some(r) => r,
+                None if h.keep == 0 => return Ok(()),
+                None => {
+                    let mut r = h.new_revision(RevKind::Discard, Some(tag.clone()));
+                    r.overlay_file = Some(kept_path(&rec.disk.overlay, r.id));
+                    r
+                }
+            };
+            h.set(rev.clone());
+            store.save(h).map_err(io)?;
+            keep_overlay(
+                &rec.disk.overlay,
+                rev.overlay_file.as_deref().unwrap_or(Path::new("")),
+            )?;
+            rev.state = RevState::Ready;
+            h.set(rev);
+            Ok(())
+        })
+        .map_err(io)?
+}
+
+/// Expires what retention says (the last `keep` revisions stay, pinned ones always), and
+/// finishes earlier expiries. Only while the caller holds the disk's journal record and the
+/// images are not in use. Returns the number of revisions removed.
+pub fn retain(journal: &Journal, disk: &ManagedDisk) -> Result<usize, String> {
+    if unsupported(disk).is_some() {
+        return Ok(0);
+    }
+    let store = Store::beside(journal);
+    store
+        .update(disk, |h| -> Result<usize, String> {
+            reconcile(h, None);
+            let mut ready: Vec<u64> = h.ready().map(|r| r.id).collect();
+            ready.sort_unstable_by(|a, b| b.cmp(a));
+            let old: Vec<u64> = ready.into_iter().skip(h.keep as usize).collect();
+            for r in h.revisions.iter_mut() {
+                if old.contains(&r.id) && !r.pinned {
+                    r.state = RevState::Expiring;
+                }
+            }
+            store.save(h).map_err(io)?;
+            let snaps = base_snapshots(&h.base)?;
+            let mut removed = 0;
+            while let Some(r) = h
+                .revisions
+                .iter()
+                .find(|r| r.state == RevState::Expiring)
+                .cloned()
+            {
+                if let Some(s) = r.snapshot.as_ref().filter(|s| snaps.contains(s)) {
+                    h.notice_external();
+                    test_stop("history-expire");
+                    qemu_img_run(&["snapshot", "-q", "-d", s], &h.base)?;
+                    h.base_stamp = Stamp::of(&h.base).ok();
+                }
+                if let Some(f) = &r.overlay_file {
+                    match fs::remove_file(f) {
+                        Ok(()) => sync_dir(f.parent().unwrap_or(Path::new("/")))
+                            .map_err(|e| e.to_string())?,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(format!("{}: {e}", f.display())),
+                    }
+                }
+                h.revisions.retain(|x| x.id != r.id);
+                store.save(h).map_err(io)?;
+                removed += 1;
+            }
+            Ok(removed)
+        })
+        .map_err(io)?
+}
+
+/// Sets the label and pin of revision `id`; `Ok(false)` if there is no such revision.
+pub fn set_pin(
+    journal: &Journal,
+    disk: &ManagedDisk,
+    id: u64,
+    pinned: bool,
+    label: Option<&str>,
+) -> std::io::Result<bool> {
+    Store::beside(journal).update(disk, |h| {
+        match h
+            .revisions
+            .iter_mut()
+            .find(|r| r.id == id && r.state == RevState::Ready)
+        {
+            Some(r) => {
+                r.pinned = pinned;
+                if let Some(l) = label {
+                    r.label = (!l.is_empty()).then(|| l.to_string());
+                }
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Sets how many revisions are kept (0: history off). Expiry happens at the next operation, or
+/// now through [`expire_now`].
+pub fn set_keep(journal: &Journal, disk: &ManagedDisk, keep: u32) -> std::io::Result<()> {
+    Store::beside(journal).update(disk, |h| h.keep = keep)
+}
+
+/// What a rollback or an expiry keeps in the journal while it runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRecord {
+    pub history: Step,
+    pub uri: String,
+    pub domain: String,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    pub disk: ManagedDisk,
+    pub started: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Step {
+    /// Recording the state being left as revision `leave`, then going to `target`.
+    Rollback {
+        target: u64,
+        leave: u64,
+        applying: bool,
+    },
+    Expire,
+}
+
+fn failed(overlay: &Path, detail: impl Into<String>, data: String) -> OpError {
+    OpError::HistoryFailed {
+        overlay: overlay.to_path_buf(),
+        detail: detail.into(),
+        data,
+    }
+}
+
+/// The preconditions of anything that writes the base: the same as a commit's.
+fn ensure_base_writable(
+    disk: &ManagedDisk,
+    check: &dyn DomainCheck,
+    journal: &Journal,
+) -> Result<(), OpError> {
+    let images = check.images(disk.engine)?;
+    let now = images
+        .inspect(&disk.target, &disk.overlay)
+        .map_err(|e| OpError::NotFound {
+            what: e.to_string(),
+        })?;
+    if now.base != disk.base {
+        return Err(OpError::BaseChanged {
+            overlay: disk.overlay.clone(),
+            now: now.base,
+            was: disk.base.clone(),
+        });
+    }
+    if journal.has_record(&disk.overlay) {
+        return Err(OpError::Busy {
+            overlay: disk.overlay.clone(),
+            journal: journal.path_for(&disk.overlay),
+        });
+    }
+    journal.ensure_room()?;
+    ensure_state(disk, check)?;
+    images.ensure_writable(disk, true)?;
+    ensure_alone(disk, check)
+}
+
+fn ensure_state(disk: &ManagedDisk, check: &dyn DomainCheck) -> Result<(), OpError> {
+    let images = check.images(disk.engine)?;
+    check.ensure_inactive()?;
+    check.ensure_no_saved_state()?;
+    images.ensure_nothing_inside(disk, true)?;
+    images.ensure_unlocked(disk, true)
+}
+
+fn ensure_alone(disk: &ManagedDisk, check: &dyn DomainCheck) -> Result<(), OpError> {
+    let images = check.images(disk.engine)?;
+    let mut users = check.other_users(&disk.base, &disk.overlay)?;
+    users.extend(images.other_overlays(disk));
+    users.sort();
+    users.dedup();
+    if users.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::SharedBase {
+            base: disk.base.clone(),
+            users,
+        })
+    }
+}
+
+fn begin(journal: &Journal, rec: &HistoryRecord) -> Result<(), OpError> {
+    journal
+        .begin_entry(&rec.disk.overlay, rec)
+        .map(|_| ())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => OpError::Busy {
+                overlay: rec.disk.overlay.clone(),
+                journal: journal.path_for(&rec.disk.overlay),
+            },
+            _ => OpError::NotWritable {
+                what: format!("the journal {}", journal.dir().display()),
+                reason: e.to_string(),
+            },
+        })
+}
+
+/// Checks that `disk` can go back to revision `id`; writes nothing.
+pub fn preflight_rollback(
+    vm: &str,
+    disk: &ManagedDisk,
+    id: u64,
+    check: &dyn DomainCheck,
+    journal: &Journal,
+) -> Result<(), OpError> {
+    if let Some(why) = unsupported(disk) {
+        return Err(OpError::HistoryUnsupported {
+            vm: vm.to_string(),
+            disk: disk.target.clone(),
+            why,
+        });
+    }
+    let h = Store::beside(journal)
+        .load(disk)
+        .map_err(|e| OpError::NotFound { what: io(e) })?;
+    let Some(rev) = h.get(id) else {
+        return Err(OpError::NoSuchRevision {
+            vm: vm.to_string(),
+            revision: id,
+        });
+    };
+    let mut now = h.clone();
+    now.notice_external();
+    if !now.restorable(rev) {
+        return Err(OpError::RevisionStale {
+            vm: vm.to_string(),
+            revision: id,
+        });
+    }
+    ensure_base_writable(disk, check, journal)
+}
+
+/// Rolls `disk` of `vm` back to revision `id`: the state left is recorded first (returned:
+/// its id), then the base goes back to the revision's snapshot and the overlay to its kept
+/// file (or empty). Blocking.
+pub fn rollback(
+    uri: &str,
+    vm: &str,
+    disk: &ManagedDisk,
+    id: u64,
+    check: &dyn DomainCheck,
+    journal: &Journal,
+) -> Result<u64, OpError> {
+    preflight_rollback(vm, disk, id, check, journal)?;
+    let leave = Store::beside(journal)
+        .update(disk, |h| {
+            let id = h.next_id;
+            h.next_id += 1;
+            id
+        })
+        .map_err(|e| OpError::NotWritable {
+            what: Store::beside(journal)
+                .path_for(&disk.overlay)
+                .display()
+                .to_string(),
+            reason: e.to_string(),
+        })?;
+    let rec = HistoryRecord {
+        history: Step::Rollback {
+            target: id,
+            leave,
+            applying: false,
+        },
+        uri: uri.to_string(),
+        domain: vm.to_string(),
+        uuid: check.uuid(),
+        disk: disk.clone(),
+        started: now(),
+    };
+    begin(journal, &rec)?;
+    run_record(rec, check, journal)?;
+    Ok(leave)
+}
+
+/// Expires revisions of `disk` now, journaled (`vmoverlay keep`). Refused like a commit when
+/// the images are in use.
+pub fn expire_now(
+    uri: &str,
+    vm: &str,
+    disk: &ManagedDisk,
+    check: &dyn DomainCheck,
+    journal: &Journal,
+) -> Result<usize, OpError> {
+    if let Some(why) = unsupported(disk) {
+        return Err(OpError::HistoryUnsupported {
+            vm: vm.to_string(),
+            disk: disk.target.clone(),
+            why,
+        });
+    }
+    ensure_base_writable(disk, check, journal)?;
+    let rec = HistoryRecord {
+        history: Step::Expire,
+        uri: uri.to_string(),
+        domain: vm.to_string(),
+        uuid: check.uuid(),
+        disk: disk.clone(),
+        started: now(),
+    };
+    begin(journal, &rec)?;
+    let n = retain(journal, disk).map_err(|e| failed(&disk.overlay, e, expire_data()))?;
+    journal.finish(&disk.overlay).map_err(|e| {
+        failed(
+            &disk.overlay,
+            format!("journal: {e}"),
+            tr("The revisions were expired"),
+        )
+    })?;
+    Ok(n)
+}
+
+fn expire_data() -> String {
+    tr("The guest's data is intact; the expiry is journaled and will be finished at the next start")
+}
+
+fn rollback_data() -> String {
+    tr("The state being left is kept as a revision; the rollback is journaled and will be finished at the next start")
+}
+
+/// Runs (or resumes) a journaled rollback or expiry to its end.
+fn run_record(
+    mut rec: HistoryRecord,
+    check: &dyn DomainCheck,
+    journal: &Journal,
+) -> Result<(), OpError> {
+    let disk = rec.disk.clone();
+    let overlay = disk.overlay.clone();
+    let store = Store::beside(journal);
+    let Step::Rollback {
+        target,
+        leave,
+        applying,
+    } = rec.history
+    else {
+        retain(journal, &disk).map_err(|e| failed(&overlay, e, expire_data()))?;
+        return journal.finish(&overlay).map_err(|e| {
+            failed(
+                &overlay,
+                format!("journal: {e}"),
+                tr("The revisions were expired"),
+            )
+        });
+    };
+    let images = check.images(disk.engine)?;
+    if !applying {
+        // 1. The state being left becomes revision `leave`: a snapshot of the base, and the
+        //    overlay kept (hard link) when it holds anything.
+        let changed = images.changed_bytes(&disk).map_err(|e| OpError::NotFound {
+            what: e.to_string(),
+        })?;
+        store
+            .update(&disk, |h| -> Result<(), String> {
+                h.notice_external();
+                let mut rev = match h.revisions.iter().find(|r| r.id == leave).cloned() {
+                    Some(r) => r,
+                    None => {
+                        let mut r = h.new_revision(RevKind::Rollback, Some(rec.started.clone()));
+                        h.next_id -= 1;
+                        r.id = leave;
+                        r.snapshot = Some(format!("vmoverlay-{leave}"));
+                        r.bytes = Some(0);
+                        if changed > 0 {
+                            r.overlay_file = Some(kept_path(&disk.overlay, leave));
+                        }
+                        r
+                    }
+                };
+                h.set(rev.clone());
+                store.save(h).map_err(io)?;
+                test_stop("history-rollback-record");
+                snapshot_base(h, rev.snapshot.as_deref().unwrap_or_default())?;
+                if let Some(f) = &rev.overlay_file {
+                    keep_overlay(&disk.overlay, f)?;
+                }
+                rev.state = RevState::Ready;
+                h.set(rev);
+                Ok(())
+            })
+            .map_err(io)
+            .and_then(|r| r)
+            .map_err(|e| failed(&overlay, e, rollback_data()))?;
+        rec.history = Step::Rollback {
+            target,
+            leave,
+            applying: true,
+        };
+        journal
+            .update_entry(&overlay, &rec)
+            .map_err(|e| failed(&overlay, format!("journal: {e}"), rollback_data()))?;
+    }
+    // 2. The base and the overlay go to the revision (each step can be repeated).
+    ensure_state(&disk, check)?;
+    let h = store
+        .load(&disk)
+        .map_err(|e| failed(&overlay, io(e), rollback_data()))?;
+    let rev = h
+        .revisions
+        .iter()
+        .find(|r| r.id == target)
+        .cloned()
+        .ok_or_else(|| {
+            failed(
+                &overlay,
+                format!("revision {target} is gone"),
+                rollback_data(),
+            )
+        })?;
+    test_stop("history-rollback-apply");
+    if let Some(s) = &rev.snapshot {
+        qemu_img_run(&["snapshot", "-q", "-a", s], &disk.base)
+            .map_err(|e| failed(&overlay, e, rollback_data()))?;
+    }
+    match &rev.overlay_file {
+        Some(kept) => restore_overlay(&disk, kept),
+        None => qemu_img::rebuild(&disk),
+    }
+    .map_err(|e| failed(&overlay, e, rollback_data()))?;
+    store
+        .update(&disk, |h| {
+            if rev.snapshot.is_some() {
+                h.gen = rev.base_gen;
+            }
+            h.base_stamp = Stamp::of(&h.base).ok();
+        })
+        .map_err(|e| failed(&overlay, io(e), rollback_data()))?;
+    if let Err(e) = retain(journal, &disk) {
+        log::warn!("{}: expiring old revisions: {e}", overlay.display());
+    }
+    journal.finish(&overlay).map_err(|e| {
+        failed(
+            &overlay,
+            format!("journal: {e}"),
+            tr("The rollback itself completed"),
+        )
+    })
+}
+
+/// Puts a copy of the kept overlay `kept` in place of the overlay (the revision keeps its
+/// file, so it can be rolled back to again): copied beside it, then renamed over it.
+fn restore_overlay(disk: &ManagedDisk, kept: &Path) -> Result<(), String> {
+    let overlay = &disk.overlay;
+    let _held = image::hold_qemu_locks(overlay).map_err(|e| e.to_string())?;
+    let dir = overlay.parent().ok_or("overlay has no directory")?;
+    let name = overlay.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.vmoverlay-new"));
+    let meta = fs::metadata(overlay).map_err(|e| format!("{}: {e}", overlay.display()))?;
+    let finish = || -> std::io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        fs::copy(kept, &tmp)?;
+        std::os::unix::fs::chown(&tmp, Some(meta.uid()), Some(meta.gid()))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, overlay)?;
+        sync_dir(dir)
+    };
+    finish().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        format!(
+            "restoring {} from {}: {e}",
+            overlay.display(),
+            kept.display()
+        )
+    })
+}
+
+/// Builds the [`DomainCheck`] for the domain a history record names.
+pub type HistoryCheckFactory<'a> =
+    &'a dyn Fn(&HistoryRecord) -> Result<Box<dyn DomainCheck>, OpError>;
+
+/// Finishes every rollback and expiry an earlier run left in `journal`.
+pub fn recover(
+    journal: &Journal,
+    make_check: HistoryCheckFactory,
+) -> Vec<(HistoryRecord, Result<(), OpError>)> {
+    journal
+        .pending_of::<HistoryRecord>()
+        .into_iter()
+        .flatten()
+        .map(|rec| {
+            let result = make_check(&rec).and_then(|check| {
+                check.images(rec.disk.engine)?.clean_up_interrupted()?;
+                ensure_state(&rec.disk, check.as_ref())?;
+                ensure_alone(&rec.disk, check.as_ref())?;
+                run_record(rec.clone(), check.as_ref(), journal)
+            });
+            (rec, result)
+        })
+        .collect()
+}
