@@ -89,8 +89,11 @@ mod imp {
                 }
             };
             if self.started.get() {
-                // Launched again: the user is looking for it.
-                app.add_uris(cli.uris());
+                // Launched again: the user is looking for it. (`--demo` again adds no
+                // connection: the demo has its own.)
+                if !cli.demo {
+                    app.add_uris(cli.uris());
+                }
                 app.show_status();
                 return glib::ExitCode::SUCCESS;
             }
@@ -442,6 +445,8 @@ impl Application {
             return;
         };
         let Some(conn) = self.connection_for(&uri) else {
+            let what = if on { "started" } else { "shut down" };
+            log::warn!("demo guest: no connection to {uri} yet; it was not {what}");
             return;
         };
         let started = match self.imp().demo.borrow().as_ref() {

@@ -146,6 +146,12 @@ impl ksni::Tray for VmTray {
         icon_name(Summary::Pending)
     }
 
+    /// Hosts without our icons installed draw this while a decision is pending (GNOME's
+    /// AppIndicator extension showed "•••" without it).
+    fn attention_icon_pixmap(&self) -> Vec<ksni::Icon> {
+        vec![pixmap(Summary::Pending, 22), pixmap(Summary::Pending, 44)]
+    }
+
     fn icon_pixmap(&self) -> Vec<ksni::Icon> {
         vec![
             pixmap(self.state.summary, 22),
