@@ -24,8 +24,8 @@ use virt::storage_vol::StorageVol;
 use virt::sys;
 
 use super::ffi;
-use crate::overlay::disposable::Probe;
 use crate::overlay::engine::Hold;
+use crate::overlay::types::Probe;
 use crate::overlay::{
     Engine, ImageEngine, ManagedDisk, OpError, Phase, Progress, SkipReason, Stamp,
 };

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::error::SkipReason;
 use super::image;
-use super::types::{DomainDisks, Engine, ManagedDisk, Pin, SkippedDisk};
+use super::types::{Engine, ManagedDisk, Pin};
 
 /// A `<disk>` of a domain definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +72,20 @@ pub fn parse_disks(xml: &str) -> Result<Vec<DiskXml>, String> {
         });
     }
     Ok(out)
+}
+
+/// A disk that is listed but not managed, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedDisk {
+    pub target: String,
+    pub source: Option<String>,
+    pub reason: SkipReason,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainDisks {
+    pub managed: Vec<ManagedDisk>,
+    pub skipped: Vec<SkippedDisk>,
 }
 
 /// Inspects one image as an overlay: `Ok` if it is a qcow2 with a readable backing file.

@@ -18,9 +18,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::discover::{parse_disks, DiskXml};
-use super::engine::{DomainCheck, ImageEngine};
+use super::domain::DomainCheck;
+use super::engine::ImageEngine;
 use super::error::OpError;
 use super::journal::Journal;
+pub use super::types::Probe;
 use super::types::{Engine, ManagedDisk};
 
 /// Adopt or release.
@@ -79,16 +81,6 @@ pub struct AdoptPlan {
     pub virtual_size: u64,
     pub overlay: PathBuf,
     pub engine: Engine,
-}
-
-/// What an image that may become a base holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Probe {
-    pub format: String,
-    pub virtual_size: u64,
-    pub backing: Option<String>,
-    pub snapshots: Vec<String>,
-    pub bitmaps: Vec<String>,
 }
 
 /// Where the overlay of `image` goes: beside it, named after it (`debian.qcow2` →

@@ -1,16 +1,13 @@
-//! The two questions the operations ask: of the *engine* that works on a disk's images
-//! ([`ImageEngine`]: `qemu-img` here, or libvirtd), and of the domain those images belong to
-//! ([`DomainCheck`], answered over libvirt by `crate::libvirt`). Both are traits so the
-//! operations in [`super::ops`] run the same preconditions, journal and progress whoever does
-//! the work, and so the overlay layer never touches libvirt itself.
+//! What the operations ask of the *engine* that works on a disk's images ([`ImageEngine`]:
+//! `qemu-img` here, or libvirtd). A trait, so the operations run the same preconditions,
+//! journal and progress whoever does the work. (What they ask of the domain is
+//! [`super::domain::DomainCheck`].)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::disposable::Probe;
 use super::error::{OpError, SkipReason};
 use super::image::QemuLocks;
-use super::qemu_img::QemuImgEngine;
-use super::types::{Engine, ManagedDisk, Phase, Progress, Stamp};
+use super::types::{Engine, ManagedDisk, Phase, Probe, Progress, Stamp};
 
 /// The image operations an engine provides. Every path is as the domain's host sees it.
 pub trait ImageEngine: Send + Sync {
@@ -75,52 +72,3 @@ pub trait ImageEngine: Send + Sync {
 /// What [`ImageEngine::hold`] holds: QEMU's own locks on an image, where they can be taken.
 #[derive(Debug)]
 pub struct Hold(pub Option<QemuLocks>);
-
-/// What the operations need to know about the domain; implemented over libvirt by
-/// `crate::libvirt::domains::LibvirtCheck`.
-pub trait DomainCheck: Send {
-    /// `Err(DomainActive)` if the domain runs (or is paused, …) right now.
-    fn ensure_inactive(&self) -> Result<(), OpError>;
-    /// Disks of any domain, other than `overlay`, whose backing chain contains `base`.
-    fn other_users(&self, base: &Path, overlay: &Path) -> Result<Vec<String>, OpError>;
-    /// Refuses when libvirt keeps state that needs the images exactly as they are: a
-    /// managed-save image, snapshots, checkpoints.
-    fn ensure_no_saved_state(&self) -> Result<(), OpError> {
-        Ok(())
-    }
-    /// The domain's persistent definition (the inactive XML).
-    fn inactive_xml(&self) -> Result<String, OpError> {
-        Err(OpError::NotFound {
-            what: "no domain definition".into(),
-        })
-    }
-    /// Points disk `target` of the persistent definition at `source` of `driver_type`,
-    /// changing nothing else in it.
-    fn redefine_disk(
-        &self,
-        target: &str,
-        _source: &Path,
-        _driver_type: &str,
-    ) -> Result<(), OpError> {
-        Err(OpError::NotFound {
-            what: format!("cannot redefine disk {target}: no domain"),
-        })
-    }
-    /// The domain's UEFI variables file (`<nvram>`), if it has one.
-    fn nvram(&self) -> Option<PathBuf> {
-        None
-    }
-    /// The domain's UUID, so a journal record still finds it after a rename.
-    fn uuid(&self) -> Option<String> {
-        None
-    }
-    /// The engine that works on disks of kind `kind`. Only `qemu-img` needs no connection.
-    fn images(&self, kind: Engine) -> Result<&dyn ImageEngine, OpError> {
-        match kind {
-            Engine::QemuImg => Ok(&QemuImgEngine),
-            Engine::Libvirt => Err(OpError::NotFound {
-                what: "the libvirt engine needs a connection to the domain's libvirtd".into(),
-            }),
-        }
-    }
-}

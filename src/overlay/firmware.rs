@@ -9,16 +9,8 @@ use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use super::journal::sync_dir;
-
-/// Put the variables recorded at `from` back into the domain's `nvram` file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FirmwareRestore {
-    pub from: PathBuf,
-    pub nvram: PathBuf,
-}
+pub use super::types::FirmwareRestore;
 
 /// The recorded variables of each domain, by UUID.
 #[derive(Debug, Clone)]

@@ -43,7 +43,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::engine::DomainCheck;
+use super::domain::DomainCheck;
 use super::error::OpError;
 use super::image;
 use super::journal::{sync_dir, Journal, Record};

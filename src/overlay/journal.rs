@@ -25,7 +25,7 @@ pub struct Record {
     pub started: String,
     /// Firmware variables to put back once the overlay is rebuilt (a discard).
     #[serde(default)]
-    pub firmware: Option<super::firmware::FirmwareRestore>,
+    pub firmware: Option<super::types::FirmwareRestore>,
 }
 
 #[derive(Debug, Clone)]

@@ -8,8 +8,9 @@
 //! - [`image`]: reading images (backing chains and changed bytes through [`qcow2`], QEMU's
 //!   locks, free space);
 //! - [`discover`]: which disks of a domain definition are managed overlays;
-//! - [`engine`]: the [`ImageEngine`] and [`DomainCheck`] traits;
+//! - [`engine`]: the [`ImageEngine`] trait (who works on the images);
 //! - [`qemu_img`]: the `qemu-img` engine (the libvirt one is `crate::libvirt::engine`);
+//! - [`domain`]: the [`DomainCheck`] trait (what is asked of the domain);
 //! - [`journal`]: the crash-safe record of operations in flight;
 //! - [`history`]: revisions taken before each commit and discard, rollback, retention;
 //! - [`firmware`]: UEFI variables that follow the disks;
@@ -18,6 +19,7 @@
 
 pub mod discover;
 pub mod disposable;
+pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod firmware;
@@ -30,13 +32,14 @@ pub mod qemu_img;
 pub mod types;
 
 pub use discover::{discover, discover_with};
-pub use engine::{DomainCheck, ImageEngine};
+pub use discover::{DomainDisks, SkippedDisk};
+pub use domain::DomainCheck;
+pub use engine::ImageEngine;
 pub use error::{OpError, SkipReason};
 pub use firmware::{FirmwareRestore, FirmwareStore};
 pub use journal::{Journal, Record};
 pub use ops::{recover, spawn, JobEvent};
 pub use qemu_img::QemuImgEngine;
 pub use types::{
-    DomainDisks, Engine, EngineChoice, ManagedDisk, OpKind, Outcome, Phase, Pin, Progress, Request,
-    SkippedDisk, Stamp,
+    Engine, EngineChoice, ManagedDisk, OpKind, Outcome, Phase, Pin, Progress, Request, Stamp,
 };

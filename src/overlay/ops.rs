@@ -8,7 +8,8 @@
 
 use std::path::Path;
 
-use super::engine::{DomainCheck, ImageEngine};
+use super::domain::DomainCheck;
+use super::engine::ImageEngine;
 use super::error::OpError;
 use super::journal::{Journal, Record};
 use super::types::{ManagedDisk, OpKind, Outcome, Phase, Progress, Request};

@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::Stdio;
 
 use super::discover::inspect_overlay;
-use super::disposable::Probe;
 use super::engine::{Hold, ImageEngine};
 use super::error::{OpError, SkipReason};
 use super::image;
 use super::journal::sync_dir;
+use super::types::Probe;
 use super::types::{Engine, ManagedDisk, Progress, Stamp};
 
 /// The local engine: `qemu-img` subprocesses on files this process can write.

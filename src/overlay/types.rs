@@ -8,8 +8,6 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::error::SkipReason;
-
 /// Who works on a disk's images: the *engine*. The same word in code, in `--engine` and in
 /// `status` output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, Serialize, Deserialize)]
@@ -54,20 +52,6 @@ pub struct ManagedDisk {
     /// Who works on this disk (records written before there was a choice say nothing).
     #[serde(default)]
     pub engine: Engine,
-}
-
-/// A disk that is listed but not managed, with the reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SkippedDisk {
-    pub target: String,
-    pub source: Option<String>,
-    pub reason: SkipReason,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DomainDisks {
-    pub managed: Vec<ManagedDisk>,
-    pub skipped: Vec<SkippedDisk>,
 }
 
 /// An overlay/base pair fixed by the user (old command line, or the per-VM setting) instead
@@ -145,7 +129,7 @@ pub struct Request {
     pub domain: String,
     pub disk: ManagedDisk,
     /// A discard's last disk also puts back the firmware variables that go with the base.
-    pub firmware: Option<super::firmware::FirmwareRestore>,
+    pub firmware: Option<FirmwareRestore>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,4 +142,21 @@ pub struct Outcome {
     pub changed_bytes: u64,
     /// Finished from the journal after an interruption.
     pub resumed: bool,
+}
+
+/// What an image that may become a base holds (adopt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub format: String,
+    pub virtual_size: u64,
+    pub backing: Option<String>,
+    pub snapshots: Vec<String>,
+    pub bitmaps: Vec<String>,
+}
+
+/// Put the firmware variables recorded at `from` back into the domain's `nvram` file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareRestore {
+    pub from: PathBuf,
+    pub nvram: PathBuf,
 }
