@@ -207,7 +207,13 @@ impl Journal {
         };
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .filter(|p| {
+                // An update killed before its rename: the record itself is still whole.
+                if p.to_string_lossy().ends_with(".json.tmp") {
+                    let _ = fs::remove_file(p);
+                }
+                p.extension().is_some_and(|e| e == "json")
+            })
             .filter(|p| match fs::metadata(p) {
                 // Never written: its operation wrote nothing either.
                 Ok(m) if m.len() == 0 => {
