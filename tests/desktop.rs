@@ -119,20 +119,12 @@ fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
     assert!(notes.contains("demo-guest: changes committed"), "{notes}");
 
     // Start it again from the tray; it writes and shuts down; then "Discard now" in its submenu.
-    let layout = s.menu(&item);
-    s.click(
-        &item,
-        find_item(&layout, "", "Start the demo guest").expect("demo start item"),
-    );
+    s.click_item(&item, "", "Start the demo guest");
     hook.wait_count("the second prompt", Duration::from_secs(30), 2, |v| {
         is(v, "prompt-mapped", demo::DOMAIN)
     });
     // Starting the VM again closes the open prompt; the decision stays pending.
-    let layout = s.menu(&item);
-    s.click(
-        &item,
-        find_item(&layout, "", "Start the demo guest").unwrap(),
-    );
+    s.click_item(&item, "", "Start the demo guest");
     hook.wait("the prompt to go away", Duration::from_secs(10), |v| {
         is(v, "prompt-closed", demo::DOMAIN)
     });
@@ -156,9 +148,7 @@ fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
             .any(|t| t.contains("8.0 MiB changed, decision pending"))
     });
     let base_before = checksum(&base);
-    let layout = s.menu(&item);
-    let discard = find_item(&layout, "demo-guest —", "Discard now").expect("Discard now item");
-    s.click(&item, discard);
+    s.click_item(&item, "demo-guest —", "Discard now");
     let n = |v: &serde_json::Value| is(v, "job-done", demo::DOMAIN);
     hook.wait("the discard", Duration::from_secs(30), |v| {
         n(v) && v["extra"]["op"] == "discard"
@@ -175,8 +165,7 @@ fn x11_demo_tray_prompt_commit_then_dbusmenu_discard() {
     );
 
     // "Show status" opens the status window with the VM and its last result.
-    let layout = s.menu(&item);
-    s.click(&item, find_item(&layout, "", "Show status").unwrap());
+    s.click_item(&item, "", "Show status");
     common_wait(
         || !xdotool(&s, &["search", "--onlyvisible", "--name", "^VM Overlay$"]).is_empty(),
         "the status window",
@@ -210,23 +199,17 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
         );
     }
     // Shut it down from the tray rather than waiting for the timer.
-    s.click(
-        &item,
-        find_item(&layout, "", "Shut down the demo guest").unwrap(),
-    );
+    s.click_item(&item, "", "Shut down the demo guest");
     hook.wait("the prompt", Duration::from_secs(20), |v| {
         is(v, "prompt-mapped", demo::DOMAIN)
     });
     // The first frame under sway's software renderer takes a moment after the map.
     std::thread::sleep(Duration::from_millis(2000));
     s.screenshot("wayland-prompt.png");
-    let layout = wait_menu(&s, &item, "decision pending", |l| {
+    wait_menu(&s, &item, "decision pending", |l| {
         l.iter().any(|t| t.contains("decision pending"))
     });
-    s.click(
-        &item,
-        find_item(&layout, "demo-guest —", "Discard now").unwrap(),
-    );
+    s.click_item(&item, "demo-guest —", "Discard now");
     let done = hook.wait("the discard", Duration::from_secs(30), |v| {
         is(v, "job-done", demo::DOMAIN)
     });
@@ -459,17 +442,14 @@ fn x11_real_guest_prompt_commit_forced_warning_and_no_prompt_for_save() {
     wait_menu(&s, &item, "the test VMs", |l| {
         l.iter().any(|t| t.starts_with("vmo-ui-clean"))
     });
-    let layout = wait_menu(&s, &item, "the VM found pending", |l| {
+    wait_menu(&s, &item, "the VM found pending", |l| {
         l.iter().any(|t| {
             // 768 MiB written, plus the zeroed clusters the resize put over the grown base.
             t.starts_with("vmo-ui-pending — shut off, 1.0 GiB changed, decision pending")
         })
     });
     // "Commit now" from the tray; the commit's progress shows in the tray (and status window).
-    s.click(
-        &item,
-        find_item(&layout, "vmo-ui-pending —", "Commit now").unwrap(),
-    );
+    s.click_item(&item, "vmo-ui-pending —", "Commit now");
     wait_menu(&s, &item, "commit progress", |l| {
         l.iter()
             .any(|t| t.starts_with("vmo-ui-pending — committing"))
@@ -620,11 +600,11 @@ fn x11_refused_vms_show_the_clis_reason_in_the_status_window() {
         v["event"] == "tray-ready"
     });
     let item = our_item(&s);
-    let layout = wait_menu(&s, &item, "the refused VMs", |l| {
+    wait_menu(&s, &item, "the refused VMs", |l| {
         l.iter().any(|t| t.starts_with("vmo-ui-snapshot"))
             && l.iter().any(|t| t.starts_with("vmo-ui-raw"))
     });
-    s.click(&item, find_item(&layout, "", "Show status").unwrap());
+    s.click_item(&item, "", "Show status");
     let state = s.home.join(".local/state/vmoverlay");
     for (vm, code) in [(&snap, 12), (&raw, 4)] {
         let row = hook.wait("its row with the reason", Duration::from_secs(30), |v| {
@@ -649,16 +629,6 @@ fn x11_refused_vms_show_the_clis_reason_in_the_status_window() {
     }
     std::thread::sleep(Duration::from_millis(2500));
     s.screenshot("x11-status-refused.png");
-}
-
-/// The id of the menu entry `label` under `parent`, once the tray shows it.
-fn wait_item(s: &Session, item: &str, parent: &str, label: &str) -> i64 {
-    let id = std::cell::Cell::new(None);
-    wait_menu(s, item, label, |_| {
-        id.set(find_item(&s.menu(item), parent, label));
-        id.get().is_some()
-    });
-    id.get().unwrap()
 }
 
 /// Clicks button `index` of `count` laid out evenly at the bottom of a dialog window.
@@ -699,7 +669,7 @@ fn x11_make_disposable_and_back_through_the_tray_and_its_dialog() {
     });
     let item = our_item(&s);
     let parent = format!("{name} —");
-    s.click(&item, wait_item(&s, &item, &parent, "Make disposable…"));
+    s.click_item(&item, &parent, "Make disposable…");
     hook.wait("the question", Duration::from_secs(20), |v| {
         is(v, "confirm-mapped", &name)
     });
@@ -715,10 +685,7 @@ fn x11_make_disposable_and_back_through_the_tray_and_its_dialog() {
     let xml = virsh(&bed.uri, &["dumpxml", "--inactive", &name]);
     assert!(xml.contains(&format!("'{}'", overlay.display())), "{xml}");
     // Made ordinary again from the same menu (its overlays are empty: nothing to decide).
-    s.click(
-        &item,
-        wait_item(&s, &item, &parent, "Stop being disposable…"),
-    );
+    s.click_item(&item, &parent, "Stop being disposable…");
     hook.wait_count("the second question", Duration::from_secs(20), 2, |v| {
         is(v, "confirm-mapped", &name)
     });

@@ -502,8 +502,35 @@ impl Session {
         serde_json::from_str(&out).unwrap_or(Value::Null)
     }
 
+    /// Clicks the entry `label` (under `parent`) as it is in the menu right now. The menu is
+    /// rebuilt whenever a VM's state changes (other tests' VMs share the test bed), so an id
+    /// read a moment ago may be gone: read again and retry.
+    pub fn click_item(&self, bus_name: &str, parent: &str, label: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let layout = self.menu(bus_name);
+            if let Some(id) = find_item(&layout, parent, label) {
+                if self.try_click(bus_name, id).is_ok() {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no menu entry {label:?} under {parent:?} could be clicked: {:?}",
+                labels(&layout)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Clicks a dbusmenu item by id, as a tray host does.
     pub fn click(&self, bus_name: &str, id: i64) {
+        if let Err(e) = self.try_click(bus_name, id) {
+            panic!("dbusmenu click: {e}");
+        }
+    }
+
+    fn try_click(&self, bus_name: &str, id: i64) -> Result<(), String> {
         let out = self
             .command("busctl")
             .args([
@@ -519,11 +546,11 @@ impl Session {
             .args(["clicked", "s", "", "0"])
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "dbusmenu click: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     pub fn screenshot(&self, name: &str) -> PathBuf {
