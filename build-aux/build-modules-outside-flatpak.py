@@ -2,9 +2,10 @@
 """Builds the Flatpak manifest's dependency modules (everything but the app) on this machine,
 outside Flatpak, with the manifest's own sources, checksums and options, into PREFIX.
 
-It checks what the manifest test cannot: that each archive really has its sha256, and that
-each module configures and builds with exactly the manifest's options. The Flatpak build
-itself needs a Flatpak remote, which these machines do not have.
+It builds each module with exactly the manifest's options on the host, which is quicker to
+debug than a module failing inside flatpak-builder. The Flatpak itself is built (against
+stand-in runtimes made from Debian packages) by build-aux/flatpak-build.sh, which the tests
+in tests/flatpak.rs run.
 
     build-aux/build-modules-outside-flatpak.py PREFIX [--cache DIR] [--only MODULE]
 

@@ -43,7 +43,7 @@ def sources(lock):
         "contents": "[source.vendored-sources]\ndirectory = \"cargo/vendor\"\n\n"
                     "[source.crates-io]\nreplace-with = \"vendored-sources\"\n",
         "dest": "cargo",
-        "dest-filename": "config",
+        "dest-filename": "config.toml",
     })
     return out
 

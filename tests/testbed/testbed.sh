@@ -16,8 +16,25 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 
 say() { echo "testbed: $*" >&2; }
 
+# flatpak-builder >= 1.4 (the Flatpak tests) comes from bookworm-backports; bookworm's 1.2.3
+# cannot build the manifest (it gives meson no --libdir). Backports stay at apt's priority 100:
+# nothing else is taken from there unless asked for.
+enable_backports() {
+    if ! grep -rqs --include='*.list' --include='*.sources' bookworm-backports \
+        /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        cat >/etc/apt/sources.list.d/vmoverlay-bookworm-backports.sources <<'EOF'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+    fi
+}
+
 install_packages() {
     export DEBIAN_FRONTEND=noninteractive
+    enable_backports
     apt-get update -q
     # qemu-system-x86 7.2 and a newer qemu-utils (backports) conflict: pin qemu-utils to the
     # same version as qemu-system-x86 and install both in one call, or qemu-img disappears.
@@ -32,7 +49,8 @@ install_packages() {
         xvfb xauth dbus dbus-x11 systemd openbox xfce4-panel xdotool imagemagick \
         sway waybar grim dunst fonts-dejavu-core adwaita-icon-theme \
         desktop-file-utils appstream python3 ovmf \
-        xdg-desktop-portal xdg-desktop-portal-gnome bubblewrap
+        xdg-desktop-portal xdg-desktop-portal-gnome xdg-desktop-portal-gtk bubblewrap \
+        flatpak ostree mmdebstrap elfutils flatpak-builder/bookworm-backports
     # The real shells the desktop tests run the app in (tests/gnome_shell.rs, tests/kde_plasma.rs):
     # GNOME Shell 43 with the AppIndicator extension (gjs runs GNOME's notification service),
     # KDE Plasma 5.27 on X11 and Wayland; an AT-SPI client (python3-gi) that finds what the
