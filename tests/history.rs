@@ -608,50 +608,56 @@ fn a_kill_during_revision_taking_rollback_and_expiry_loses_nothing() {
 /// with the rollback done and every state restorable.
 #[test]
 fn killing_a_rollback_at_any_point_loses_nothing() {
-    use std::os::unix::process::ExitStatusExt;
     let bed = testbed_shared();
-    let mut killed = 0;
-    let delays = [0u64, 20, 40, 60, 80, 100, 130, 160, 200, 250, 320];
-    for delay_ms in delays {
-        let name = format!("vmo-hist-sweep-{delay_ms}");
-        let vm = StateVm::shut_off(&bed.uri, &name);
+    // A VM as the sweep's, with a revision to roll back to and changes to leave.
+    let prepared = |name: &str| {
+        let vm = StateVm::shut_off(&bed.uri, name);
         let state = state_dir();
-        let s = state.path();
-        ok(s, &bed.uri, &["commit", &vm.name, "--yes"]);
-        let rev = ids(&history(s, &bed.uri, &vm.name))[0];
+        ok(state.path(), &bed.uri, &["commit", &vm.name, "--yes"]);
+        let rev = ids(&history(state.path(), &bed.uri, &vm.name))[0];
         qemu_io(&vm.overlay, &["write -P 0x99 1M 8M"]);
+        (vm, state, rev)
+    };
+    // The kill points are spread over a rollback's measured duration on this machine, so they
+    // fall inside it on a fast or a loaded machine alike.
+    let whole = {
+        let (vm, state, rev) = prepared("vmo-hist-sweep-timed");
+        let started = std::time::Instant::now();
+        ok(
+            state.path(),
+            &bed.uri,
+            &["rollback", &vm.name, &rev.to_string(), "--yes"],
+        );
+        started.elapsed().as_millis() as u64
+    };
+    let points = 11u64;
+    let mut killed = 0;
+    for i in 0..points {
+        let delay_ms = whole * i / points;
+        let name = format!("vmo-hist-sweep-{i}");
+        let (vm, state, rev) = prepared(&name);
+        let s = state.path();
         let overlay_before = checksum(&vm.overlay);
-        let mut child = std::process::Command::new(common::bin())
-            .args([
-                "rollback",
-                &name,
-                &rev.to_string(),
-                "--yes",
-                "--connect",
-                &bed.uri,
-            ])
-            .env("LC_ALL", "C")
-            .env("VMOVERLAY_STATE_DIR", s)
-            .env("VMOVERLAY_CONFIG_DIR", s.join("config"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        let _ = child.kill();
-        if child.wait().unwrap().signal().is_some() {
+        let rev = rev.to_string();
+        let args = ["rollback", &name, &rev, "--yes", "--connect", &bed.uri];
+        if run_killed_after(s, &args, delay_ms) {
             killed += 1;
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
         let as_before = checksum(&vm.overlay) == overlay_before;
         let rolled_back = changed(&vm.overlay) == 0;
         assert!(
             as_before || rolled_back,
             "{delay_ms} ms: a half-replaced overlay"
         );
-        ok(s, &bed.uri, &["status", &name]);
-        assert!(journal_empty(s), "{delay_ms} ms: a journal record is left");
+        let status = ok(s, &bed.uri, &["status", &name]);
+        assert!(
+            journal_empty(s),
+            "{delay_ms} ms: a journal record is left ({}): {:?}",
+            status.stderr,
+            std::fs::read_dir(s.join("journal")).map(|d| d
+                .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+                .collect::<Vec<_>>())
+        );
         let list = history(s, &bed.uri, &name);
         if list.len() == 2 {
             // Rolled back: the state left is whole.
@@ -675,7 +681,7 @@ fn killing_a_rollback_at_any_point_loses_nothing() {
     }
     eprintln!("{killed} rollbacks killed before they ended");
     assert!(
-        killed >= delays.len() / 2,
+        killed >= points / 2,
         "only {killed} rollbacks were killed before they ended"
     );
 }

@@ -254,7 +254,9 @@ impl LibvirtCheck {
                 let Ok(info) = super::engine::parse_vol(&xml) else {
                     continue;
                 };
-                if same(&info.path, overlay) || same(&info.path, base) {
+                // (and a new overlay VM Overlay left half-made: the next rebuild replaces it)
+                let half_made = info.path.to_string_lossy().ends_with(".vmoverlay-new");
+                if half_made || same(&info.path, overlay) || same(&info.path, base) {
                     continue;
                 }
                 if info.backing.as_deref().is_some_and(|b| same(b, base)) {

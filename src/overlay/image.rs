@@ -454,6 +454,12 @@ pub fn other_overlays_of(dir: &Path, base: &Path, except: &Path) -> Vec<PathBuf>
         .filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.is_file() && !same_file(p, except) && !same_file(p, base))
+        // A new overlay VM Overlay left half-made (`.NAME.vmoverlay-new`, killed before its
+        // rename) is no user of the base: the next rebuild replaces it.
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().ends_with(".vmoverlay-new"))
+        })
         .filter(|p| {
             qcow2_backing(p).is_some_and(|r| {
                 let r = Path::new(&r);
