@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::discover::{parse_disks, DiskXml};
-use super::domain::DomainCheck;
+use super::domain::{ensure_base_alone, DomainCheck};
 use super::engine::ImageEngine;
 use super::error::OpError;
 use super::journal::Journal;
@@ -349,7 +349,8 @@ pub fn release(
     let images = check.images(disk.engine)?;
     check.ensure_inactive()?;
     check.ensure_no_saved_state()?;
-    ensure_base_alone(disk, check, images)?;
+    // After a release the VM writes into its base directly: nobody else may use it.
+    ensure_base_alone(disk, check)?;
     let changed = images.changed_bytes(disk).map_err(|e| OpError::NotFound {
         what: e.to_string(),
     })?;
@@ -408,26 +409,6 @@ pub fn release(
     journal
         .finish(&rec.overlay)
         .map_err(|e| journal_error(e, journal))
-}
-
-/// After a release the VM writes into its base directly: nobody else may use it.
-fn ensure_base_alone(
-    disk: &ManagedDisk,
-    check: &dyn DomainCheck,
-    images: &dyn ImageEngine,
-) -> Result<(), OpError> {
-    let mut users = check.other_users(&disk.base, &disk.overlay)?;
-    users.extend(images.other_overlays(disk));
-    users.sort();
-    users.dedup();
-    if users.is_empty() {
-        Ok(())
-    } else {
-        Err(OpError::SharedBase {
-            base: disk.base.clone(),
-            users,
-        })
-    }
 }
 
 /// Finishes or rolls back an interrupted adopt or release, from its record.

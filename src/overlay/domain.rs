@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::engine::ImageEngine;
 use super::error::OpError;
 use super::qemu_img::QemuImgEngine;
-use super::types::Engine;
+use super::types::{Engine, ManagedDisk};
 
 /// What the operations need to know about the domain; implemented over libvirt by
 /// `crate::libvirt::domains::LibvirtCheck`.
@@ -54,5 +54,24 @@ pub trait DomainCheck: Send {
                 what: "the libvirt engine needs a connection to the domain's libvirtd".into(),
             }),
         }
+    }
+}
+
+/// `Err(SharedBase)` naming every other user of `disk`'s base that the domain check and the
+/// engine know of: what must hold before anything writes into the base (a commit, a
+/// rollback), or lets the VM write into it directly (a release).
+pub fn ensure_base_alone(disk: &ManagedDisk, check: &dyn DomainCheck) -> Result<(), OpError> {
+    let images = check.images(disk.engine)?;
+    let mut users = check.other_users(&disk.base, &disk.overlay)?;
+    users.extend(images.other_overlays(disk));
+    users.sort();
+    users.dedup();
+    if users.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::SharedBase {
+            base: disk.base.clone(),
+            users,
+        })
     }
 }

@@ -43,7 +43,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use super::domain::DomainCheck;
+use super::domain::{ensure_base_alone, DomainCheck};
 use super::error::OpError;
 use super::image;
 use super::journal::{sync_dir, Journal, Record};
@@ -641,7 +641,7 @@ fn ensure_base_writable(
     journal.ensure_room()?;
     ensure_state(disk, check)?;
     images.ensure_writable(disk, true)?;
-    ensure_alone(disk, check)
+    ensure_base_alone(disk, check)
 }
 
 fn ensure_state(disk: &ManagedDisk, check: &dyn DomainCheck) -> Result<(), OpError> {
@@ -650,22 +650,6 @@ fn ensure_state(disk: &ManagedDisk, check: &dyn DomainCheck) -> Result<(), OpErr
     check.ensure_no_saved_state()?;
     images.ensure_nothing_inside(disk, true)?;
     images.ensure_unlocked(disk, true)
-}
-
-fn ensure_alone(disk: &ManagedDisk, check: &dyn DomainCheck) -> Result<(), OpError> {
-    let images = check.images(disk.engine)?;
-    let mut users = check.other_users(&disk.base, &disk.overlay)?;
-    users.extend(images.other_overlays(disk));
-    users.sort();
-    users.dedup();
-    if users.is_empty() {
-        Ok(())
-    } else {
-        Err(OpError::SharedBase {
-            base: disk.base.clone(),
-            users,
-        })
-    }
 }
 
 fn begin(journal: &Journal, rec: &HistoryRecord) -> Result<(), OpError> {
@@ -969,7 +953,7 @@ pub fn recover(
             let result = make_check(&rec).and_then(|check| {
                 check.images(rec.disk.engine)?.clean_up_interrupted()?;
                 ensure_state(&rec.disk, check.as_ref())?;
-                ensure_alone(&rec.disk, check.as_ref())?;
+                ensure_base_alone(&rec.disk, check.as_ref())?;
                 run_record(rec.clone(), check.as_ref(), journal)
             });
             (rec, result)

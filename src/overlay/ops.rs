@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use super::domain::DomainCheck;
+use super::domain::{ensure_base_alone, DomainCheck};
 use super::engine::ImageEngine;
 use super::error::OpError;
 use super::journal::{Journal, Record};
@@ -150,16 +150,7 @@ pub fn preflight(
         what: e.to_string(),
     })?;
     if commit {
-        let mut users = check.other_users(&disk.base, &disk.overlay)?;
-        users.extend(images.other_overlays(disk));
-        users.sort();
-        users.dedup();
-        if !users.is_empty() {
-            return Err(OpError::SharedBase {
-                base: disk.base.clone(),
-                users,
-            });
-        }
+        ensure_base_alone(disk, check)?;
         let free = images
             .free_space(disk)
             .map_err(|what| OpError::NotFound { what })?;
@@ -249,16 +240,7 @@ pub fn resume_with(
                 base: rec.disk.base.clone(),
             });
         }
-        let mut users = check.other_users(&rec.disk.base, &rec.disk.overlay)?;
-        users.extend(images.other_overlays(&rec.disk));
-        if !users.is_empty() {
-            users.sort();
-            users.dedup();
-            return Err(OpError::SharedBase {
-                base: rec.disk.base.clone(),
-                users,
-            });
-        }
+        ensure_base_alone(&rec.disk, check)?;
     }
     let changed = images.changed_bytes(&rec.disk).unwrap_or(0);
     execute(rec, check, journal, progress, changed, true)
