@@ -89,10 +89,25 @@ fn plasma_x11_context_menu_acts_and_plasma_notifies() {
     let base = demo_dir(&s).join("base.qcow2");
     let overlay = demo_dir(&s).join("demo-guest.qcow2");
     let base_before = checksum(&base);
-    open_context_menu(&s, icon, &events);
-    key(&s, "Down");
     // Plasma fills a dbusmenu submenu when first shown: show it, leave it, show it again.
-    key(&s, "Right");
+    // Keys sent before Plasma has laid the menu out are lost: close it and try again.
+    let mut tries = 0;
+    loop {
+        open_context_menu(&s, icon, &events);
+        key(&s, "Down");
+        key(&s, "Right");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while events.opened(vm) < 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        tries += 1;
+        if events.opened(vm) >= 1 || tries == 3 {
+            break;
+        }
+        key(&s, "Escape");
+        key(&s, "Escape");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     events.wait_opened(vm, 1, "Plasma to open the VM's submenu");
     std::thread::sleep(Duration::from_millis(500));
     key(&s, "Left");
