@@ -526,6 +526,7 @@ impl Application {
                         blocked: a.blocked,
                         discard_blocked: a.discard_blocked,
                         adoptable: a.adoptable,
+                        undo: a.undo,
                     })
                 })
                 .await;
@@ -638,6 +639,7 @@ impl Application {
                         })
                     }
                 };
+                let undo = result.as_ref().is_ok_and(|done| done.undo);
                 let result = result.map(|done| done.changed_bytes());
                 hook::emit(
                     "job-done",
@@ -650,9 +652,15 @@ impl Application {
                             Err(e) => e.to_string(),
                         },
                         "exit_code": result.as_ref().err().map(|e| e.exit_code()),
+                        "undo": undo,
                     }),
                 );
-                app.input(Input::JobDone { key, op, result });
+                app.input(Input::JobDone {
+                    key,
+                    op,
+                    result,
+                    undo,
+                });
             }
         ));
     }

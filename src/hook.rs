@@ -26,6 +26,14 @@ pub fn emit(event: &str, vm: &VmKey, extra: serde_json::Value) {
     }
 }
 
+/// Tests only (`VMOVERLAY_TEST_KILL_AT=POINT`): the process kills itself (SIGKILL) at POINT,
+/// so a test can prove that an interruption at exactly that step loses nothing.
+pub fn kill_point(point: &str) {
+    if std::env::var_os("VMOVERLAY_TEST_KILL_AT").is_some_and(|p| p == point) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+    }
+}
+
 /// For events about no VM in particular (the tray registered, …).
 pub fn emit_global(event: &str, extra: serde_json::Value) {
     emit(event, &VmKey::new("", ""), extra)

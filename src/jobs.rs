@@ -285,6 +285,8 @@ pub struct Assessment {
     pub discard_blocked: Option<OpError>,
     /// No disk is disposable yet, and `adopt` could make the VM so.
     pub adoptable: bool,
+    /// "Undo" can take the VM back to before its last commit, discard or rollback.
+    pub undo: bool,
 }
 
 /// Looks at `vm` without writing or locking anything. Blocking.
@@ -297,6 +299,7 @@ pub fn assess(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Assessment 
                 blocked: Some(e),
                 discard_blocked: None,
                 adoptable: false,
+                undo: false,
             }
         }
     };
@@ -316,6 +319,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
                 blocked: Some(e),
                 discard_blocked: None,
                 adoptable: false,
+                undo: false,
             }
         }
     };
@@ -330,6 +334,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
                     blocked: Some(e),
                     discard_blocked: None,
                     adoptable: false,
+                    undo: false,
                 }
             }
         }
@@ -367,11 +372,15 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
             })
         }
     };
+    let undo = disks
+        .iter()
+        .any(|d| history::undo_point(&ctx.journal, d).is_some());
     Assessment {
         changed: Some(changed),
         blocked,
         discard_blocked,
         adoptable: false,
+        undo,
     }
 }
 
@@ -387,6 +396,8 @@ pub enum Event {
 pub struct Done {
     pub op: OpKind,
     pub outcomes: Vec<Outcome>,
+    /// It can be undone (see [`undo`]).
+    pub undo: bool,
 }
 
 impl Done {
@@ -458,9 +469,14 @@ fn run_disks(
             }
         }
     }
+    let undo = plan
+        .disks
+        .iter()
+        .any(|(req, _)| history::undo_point(&ctx.journal, &req.disk).is_some());
     Ok(Done {
         op: plan.op,
         outcomes,
+        undo,
     })
 }
 
@@ -769,6 +785,58 @@ pub fn history_disks(
     }
 }
 
+/// One revision of one of a VM's disks.
+#[derive(Debug, Clone)]
+pub struct RevisionEntry {
+    pub disk: String,
+    pub revision: history::Revision,
+    /// It can be rolled back to now (its base has not changed under it).
+    pub restorable: bool,
+}
+
+/// A VM's history: its revisions, newest first, and each disk's history.
+#[derive(Debug, Clone)]
+pub struct VmHistory {
+    pub entries: Vec<RevisionEntry>,
+    pub disks: Vec<(String, history::DiskHistory)>,
+}
+
+/// Reads the history of `vm`'s disks (every disk that keeps one, or `only`). Blocking.
+pub fn vm_history(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    vm: &str,
+    only: Option<&str>,
+) -> Result<VmHistory, OpError> {
+    let (_, disks) = history_disks(ctx, conn, uri, vm, only)?;
+    let store = history::Store::beside(&ctx.journal);
+    let mut histories = Vec::new();
+    for d in &disks {
+        let h = store.load(d).map_err(|e| OpError::NotFound {
+            what: format!("{}: {e}", store.path_for(&d.overlay).display()),
+        })?;
+        histories.push((d.target.clone(), h));
+    }
+    let mut entries: Vec<RevisionEntry> = histories
+        .iter()
+        .flat_map(|(t, h)| {
+            h.ready().map(move |r| RevisionEntry {
+                disk: t.clone(),
+                revision: r.clone(),
+                restorable: h.restorable(r),
+            })
+        })
+        .collect();
+    entries.sort_by(|a, b| {
+        (b.revision.time.as_str(), b.revision.id).cmp(&(a.revision.time.as_str(), a.revision.id))
+    });
+    Ok(VmHistory {
+        entries,
+        disks: histories,
+    })
+}
+
 /// The disk of `disks` that has revision `id` (`only` narrows it down), or why none.
 pub fn disk_with_revision(
     ctx: &Context,
@@ -798,6 +866,43 @@ pub fn disk_with_revision(
             revision: id,
         }),
     }
+}
+
+/// One disk taken back by [`undo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undone {
+    pub disk: String,
+    pub revision: u64,
+    /// The revision that keeps the state left (so the undo can itself be undone).
+    pub left: u64,
+}
+
+/// Undoes `vm`'s last commit, discard or rollback: every disk with an undo point goes back to
+/// it (see `history::undo_point`). Refused like a rollback when the VM runs or its base is
+/// shared; `NothingToUndo` when no disk has one. Blocking.
+pub fn undo(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Result<Vec<Undone>, OpError> {
+    let (found, disks) = history_disks(ctx, conn, uri, vm, None)?;
+    let points: Vec<(ManagedDisk, u64)> = disks
+        .into_iter()
+        .filter_map(|d| history::undo_point(&ctx.journal, &d).map(|id| (d, id)))
+        .collect();
+    if points.is_empty() {
+        return Err(OpError::NothingToUndo { vm: vm.to_string() });
+    }
+    // Every disk is checked before the first one is written.
+    for (disk, id) in &points {
+        history::preflight_rollback(vm, disk, *id, &found.check, &ctx.journal)?;
+    }
+    let mut undone = Vec::new();
+    for (disk, id) in points {
+        let left = rollback(ctx, &found, uri, vm, &disk, id)?;
+        undone.push(Undone {
+            disk: disk.target.clone(),
+            revision: id,
+            left,
+        });
+    }
+    Ok(undone)
 }
 
 /// Rolls `disk` of `vm` back to revision `id`; returns the id of the revision that keeps the

@@ -132,6 +132,8 @@ pub struct Vm {
     pub ask_in_notice: bool,
     /// The decision the VM's notification asks about now, if one is out.
     pub notice_shown: Option<Decision>,
+    /// Its last commit, discard or rollback can be undone (see `jobs::undo`).
+    pub undo: bool,
 }
 
 /// Why an inspection (discovery + changed bytes, done off the main loop) was asked for.
@@ -155,6 +157,8 @@ pub struct Inspection {
     pub discard_blocked: Option<OpError>,
     /// It has no managed disk, and `adopt` could make it disposable.
     pub adoptable: bool,
+    /// Its last commit, discard or rollback can be undone.
+    pub undo: bool,
 }
 
 impl Inspection {
@@ -180,6 +184,8 @@ pub enum Notice {
         key: VmKey,
         op: OpKind,
         changed: u64,
+        /// "Undo" is offered.
+        undo: bool,
     },
     Failed {
         key: VmKey,
@@ -240,6 +246,8 @@ pub enum Input {
         key: VmKey,
         op: OpKind,
         result: Result<u64, OpError>,
+        /// It can be undone (its revisions were kept).
+        undo: bool,
     },
 }
 
@@ -370,7 +378,12 @@ impl Machine {
                 }
                 Vec::new()
             }
-            Input::JobDone { key, op, result } => self.on_job_done(key, op, result),
+            Input::JobDone {
+                key,
+                op,
+                result,
+                undo,
+            } => self.on_job_done(key, op, result, undo),
             Input::ChangeChosen {
                 key,
                 change,
@@ -497,6 +510,7 @@ impl Machine {
         vm.blocked_by = found.blocked.clone();
         vm.discard_blocked = found.discard_blocked.as_ref().map(|e| e.to_string());
         vm.adoptable = found.adoptable;
+        vm.undo = found.undo;
         vm.changed = found.changed;
         let Some(changed) = found.changed else {
             if let Some(why) = &found.blocked {
@@ -710,14 +724,26 @@ impl Machine {
         }
     }
 
-    fn on_job_done(&mut self, key: VmKey, op: OpKind, result: Result<u64, OpError>) -> Vec<Effect> {
+    fn on_job_done(
+        &mut self,
+        key: VmKey,
+        op: OpKind,
+        result: Result<u64, OpError>,
+        undo: bool,
+    ) -> Vec<Effect> {
         let vm = self.vm(&key);
         vm.job = None;
         match result {
             Ok(changed) => {
                 vm.decision = None;
                 vm.changed = Some(0);
-                let notice = Notice::Done { key, op, changed };
+                vm.undo = undo;
+                let notice = Notice::Done {
+                    key,
+                    op,
+                    changed,
+                    undo,
+                };
                 vm.last_result = Some(notice.clone());
                 vec![Effect::Notify(notice)]
             }
@@ -955,6 +981,7 @@ mod tests {
             key: key("a"),
             op: OpKind::Commit,
             result: Ok(7),
+            undo: false,
         });
         assert!(matches!(&out[0], Effect::Notify(Notice::Done { .. })));
         assert_eq!(m.summary(), Summary::Idle);
@@ -1033,6 +1060,7 @@ mod tests {
             result: Err(OpError::Locked {
                 path: "/o.qcow2".into(),
             }),
+            undo: false,
         });
         assert!(matches!(&out[0], Effect::Notify(Notice::Failed { .. })));
         assert!(
@@ -1315,6 +1343,7 @@ mod tests {
             key: key("a"),
             op: OpKind::Commit,
             result: Ok(9),
+            undo: false,
         });
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(matches!(&out[0], Effect::Notify(Notice::Done { .. })));
@@ -1389,6 +1418,7 @@ mod tests {
                 blocked: Some(blocked.clone()),
                 discard_blocked: None,
                 adoptable: false,
+                undo: false,
             },
         });
         assert_eq!(

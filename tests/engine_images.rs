@@ -253,6 +253,7 @@ fn journal_interrupted_discard(s: &Setup) {
         overlay_stamp: vmoverlay::overlay::Stamp::of(&s.overlay).ok(),
         started: "2026-11-22T00:00:00Z".into(),
         firmware: None,
+        boot: None,
     };
     s.journal.begin(&rec).unwrap();
 }

@@ -113,6 +113,13 @@ pub enum Command {
     },
     #[command(about = help::rollback())]
     Rollback(RevisionArgs),
+    #[command(about = help::undo())]
+    Undo {
+        #[arg(help = help::vm())]
+        vm: String,
+        #[arg(long, short = 'y', help = help::yes())]
+        yes: bool,
+    },
     #[command(about = help::pin())]
     Pin {
         #[command(flatten)]
@@ -268,6 +275,10 @@ mod help {
 
     pub fn rollback() -> String {
         tr("Return a shut-off VM's disk (base and overlay) to a revision; the state left becomes a revision too")
+    }
+
+    pub fn undo() -> String {
+        tr("Undo a shut-off VM's last commit, discard or rollback, while nothing has happened since (the state left becomes a revision too)")
     }
 
     pub fn pin() -> String {

@@ -7,7 +7,7 @@ use super::args::{Exit, RevisionArgs};
 use super::{confirm_on_terminal, find_vm, refuse};
 use crate::i18n::{tr, tr_f};
 use crate::jobs::{self, Context};
-use crate::overlay::history::{self, DiskHistory, Store};
+use crate::overlay::history::{self, Store};
 use crate::overlay::OpError;
 use crate::units::human_bytes;
 
@@ -16,31 +16,16 @@ pub fn list(mut ctx: Context, uris: &[String], vm: &str, only: Option<&str>, jso
         Ok(found) => found,
         Err(code) => return code,
     };
-    let (_, disks) = match jobs::history_disks(&ctx, &conn, &uri, vm, only) {
-        Ok(d) => d,
+    let view = match jobs::vm_history(&ctx, &conn, &uri, vm, only) {
+        Ok(v) => v,
         Err(e) => return refuse(&e),
     };
-    let store = Store::beside(&ctx.journal);
-    let mut histories: Vec<(String, DiskHistory)> = Vec::new();
-    for d in &disks {
-        match store.load(d) {
-            Ok(h) => histories.push((d.target.clone(), h)),
-            Err(e) => {
-                return refuse(&OpError::NotFound {
-                    what: format!("{}: {e}", store.path_for(&d.overlay).display()),
-                })
-            }
-        }
-    }
-    let mut rows: Vec<(&str, &DiskHistory, &history::Revision)> = histories
-        .iter()
-        .flat_map(|(t, h)| h.ready().map(move |r| (t.as_str(), h, r)))
-        .collect();
-    rows.sort_by(|a, b| b.2.time.cmp(&a.2.time).then(b.2.id.cmp(&a.2.id)));
     if json {
-        let list: Vec<serde_json::Value> = rows
+        let list: Vec<serde_json::Value> = view
+            .entries
             .iter()
-            .map(|(t, h, r)| {
+            .map(|e| {
+                let r = &e.revision;
                 serde_json::json!({
                     "id": r.id,
                     "time": r.time,
@@ -48,8 +33,8 @@ pub fn list(mut ctx: Context, uris: &[String], vm: &str, only: Option<&str>, jso
                     "label": r.label,
                     "pinned": r.pinned,
                     "bytes": r.held_bytes(),
-                    "disk": t,
-                    "restorable": h.restorable(r),
+                    "disk": e.disk,
+                    "restorable": e.restorable,
                 })
             })
             .collect();
@@ -66,9 +51,10 @@ pub fn list(mut ctx: Context, uris: &[String], vm: &str, only: Option<&str>, jso
         tr("SIZE"),
         tr("LABEL")
     );
-    for (t, h, r) in &rows {
+    for e in &view.entries {
+        let (t, r) = (&e.disk, &e.revision);
         let mut label = r.label.clone().unwrap_or_default();
-        if !h.restorable(r) {
+        if !e.restorable {
             label = tr_f(
                 "{label} (not restorable: its base has changed)",
                 &[("label", &label)],
@@ -87,7 +73,7 @@ pub fn list(mut ctx: Context, uris: &[String], vm: &str, only: Option<&str>, jso
             label.trim()
         );
     }
-    for (t, h) in &histories {
+    for (t, h) in &view.disks {
         println!(
             "{}",
             tr_f(
@@ -154,6 +140,41 @@ pub fn rollback(mut ctx: Context, uris: &[String], args: &RevisionArgs) -> i32 {
                     ],
                 )
             );
+            Exit::Ok as i32
+        }
+        Err(e) => refuse(&e),
+    }
+}
+
+pub fn undo(mut ctx: Context, uris: &[String], vm: &str, yes: bool) -> i32 {
+    let (uri, conn) = match find_vm(&mut ctx, uris, vm) {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let question = tr_f(
+        "Undo the last commit, discard or rollback of {vm}? What it holds now is kept as a new revision.",
+        &[("vm", vm)],
+    );
+    let refusal =
+        tr("refusing to undo without --yes when not run from a terminal. Nothing was changed.");
+    if let Err(code) = confirm_on_terminal(yes, &question, &refusal) {
+        return code;
+    }
+    match jobs::undo(&ctx, &conn, &uri, vm) {
+        Ok(undone) => {
+            for u in undone {
+                println!(
+                    "{vm} {}: {}",
+                    u.disk,
+                    tr_f(
+                        "rolled back to revision {revision}; the state left is revision {left}",
+                        &[
+                            ("revision", &u.revision.to_string()),
+                            ("left", &u.left.to_string())
+                        ],
+                    )
+                );
+            }
             Exit::Ok as i32
         }
         Err(e) => refuse(&e),

@@ -35,6 +35,7 @@ pub fn run(cli: &Cli, command: &Command) -> i32 {
             history::list(ctx, &uris, vm, disk.as_deref(), *json)
         }
         Command::Rollback(args) => history::rollback(ctx, &uris, args),
+        Command::Undo { vm, yes } => history::undo(ctx, &uris, vm, *yes),
         Command::Pin { rev, label } => history::pin(ctx, &uris, rev, true, label.as_deref()),
         Command::Unpin(rev) => history::pin(ctx, &uris, rev, false, None),
         Command::Keep { vm, n, disk } => history::keep(ctx, &uris, vm, *n, disk.as_deref()),

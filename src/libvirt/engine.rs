@@ -25,7 +25,7 @@ use virt::sys;
 
 use super::ffi;
 use crate::overlay::engine::Hold;
-use crate::overlay::types::Probe;
+use crate::overlay::types::{CommitWrites, Probe};
 use crate::overlay::{
     Engine, ImageEngine, ManagedDisk, OpError, Phase, Progress, SkipReason, Stamp,
 };
@@ -552,7 +552,13 @@ impl ImageEngine for LibvirtEngine {
         Ok(pool.info().map_err(Self::msg)?.available)
     }
 
-    fn commit(&self, disk: &ManagedDisk, progress: &mut dyn FnMut(Progress)) -> Result<(), String> {
+    /// libvirtd's block commit always writes in QEMU's order (`writes` is not used).
+    fn commit(
+        &self,
+        disk: &ManagedDisk,
+        _writes: CommitWrites,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), String> {
         let prepared = self
             .prepared
             .lock()

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use super::error::{OpError, SkipReason};
 use super::image::QemuLocks;
-use super::types::{Engine, ManagedDisk, Phase, Probe, Progress, Stamp};
+use super::types::{CommitWrites, Engine, ManagedDisk, Phase, Probe, Progress, Stamp};
 
 /// The image operations an engine provides. Every path is as the domain's host sees it.
 pub trait ImageEngine: Send + Sync {
@@ -30,8 +30,14 @@ pub trait ImageEngine: Send + Sync {
     fn other_overlays(&self, disk: &ManagedDisk) -> Vec<String>;
     /// Free bytes where the base lives.
     fn free_space(&self, disk: &ManagedDisk) -> Result<u64, String>;
-    /// Copies the overlay's data into the base; the overlay is left as it is.
-    fn commit(&self, disk: &ManagedDisk, progress: &mut dyn FnMut(Progress)) -> Result<(), String>;
+    /// Copies the overlay's data into the base; the overlay is left as it is. The base is
+    /// flushed to disk when it returns `Ok`.
+    fn commit(
+        &self,
+        disk: &ManagedDisk,
+        writes: CommitWrites,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), String>;
     /// Consistency check of the base after a commit.
     fn check_base(&self, disk: &ManagedDisk) -> Result<(), String>;
     /// Size and modification time of the overlay, to notice writes by someone else.

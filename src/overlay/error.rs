@@ -208,6 +208,10 @@ pub enum OpError {
         vm: String,
         revision: u64,
     },
+    /// No disk of the VM has an undo point (see `history::undo_point`).
+    NothingToUndo {
+        vm: String,
+    },
     /// A rollback or an expiry failed after it started writing. `data` says where things are.
     HistoryFailed {
         overlay: PathBuf,
@@ -257,7 +261,7 @@ impl OpError {
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Failed { .. } | Self::HistoryFailed { .. } => 1,
-            Self::NoSuchRevision { .. } => 3,
+            Self::NoSuchRevision { .. } | Self::NothingToUndo { .. } => 3,
             Self::HistoryUnsupported { .. } => 17,
             Self::RevisionStale { .. } => 18,
             Self::NotFound { .. } | Self::NoSuchDisk { .. } => 3,
@@ -353,6 +357,7 @@ impl std::fmt::Display for OpError {
             Self::ReleaseWithChanges { vm, disk } => tr_f("disk {disk} of {vm} has changes that are neither committed nor discarded. Nothing was changed. Say which with --commit or --discard.", &[("disk", disk), ("vm", vm)]),
             Self::HistoryUnsupported { vm, disk, why } => tr_f("disk {disk} of {vm} keeps no history: {why}. Nothing was changed.", &[("disk", disk), ("vm", vm), ("why", why)]),
             Self::NoSuchRevision { vm, revision } => tr_f("{vm} has no revision {revision} (see `vmoverlay history {vm}`). Nothing was changed.", &[("vm", vm), ("revision", &revision.to_string())]),
+            Self::NothingToUndo { vm } => tr_f("{vm} has nothing to undo: its last commit, discard or rollback kept no revision, or the VM has changed since (see `vmoverlay history {vm}` to roll back to any revision). Nothing was changed.", &[("vm", vm)]),
             Self::RevisionStale { vm, revision } => tr_f("revision {revision} of {vm} holds changes written over an earlier state of its base, which has changed since; they would no longer read as they did. Nothing was changed. Roll back to the revision taken before that change first.", &[("vm", vm), ("revision", &revision.to_string())]),
             Self::HistoryFailed { overlay, detail, data } => tr_f("The history operation on {overlay} failed: {detail}. {data}", &[("overlay", &p(overlay)), ("detail", detail), ("data", data)]),
             Self::Failed { op, overlay, detail, data } => failed_sentence(*op, overlay, detail, data),

@@ -46,9 +46,10 @@ use serde::{Deserialize, Serialize};
 use super::domain::{ensure_base_alone, DomainCheck};
 use super::error::OpError;
 use super::image;
-use super::journal::{sync_dir, Journal, Record};
+use super::journal::{boot_id, sync_dir, Journal, Record};
 use super::qemu_img;
-use super::types::{Engine, ManagedDisk, Stamp};
+use super::types::{CommitWrites, Engine, ManagedDisk, Stamp};
+use crate::hook::kill_point;
 use crate::i18n::{tr, tr_f};
 
 /// Revisions kept per disk unless the user says otherwise (`vmoverlay keep VM N`).
@@ -139,6 +140,17 @@ pub struct DiskHistory {
     /// The base's size and time after this module last wrote it.
     pub base_stamp: Option<Stamp>,
     pub revisions: Vec<Revision>,
+    /// What "Undo" goes back to, see [`undo_point`].
+    #[serde(default)]
+    pub undo: Option<UndoPoint>,
+}
+
+/// The revision the disk's last commit, discard or rollback took, and its overlay as that
+/// operation left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UndoPoint {
+    pub revision: u64,
+    pub overlay: Option<Stamp>,
 }
 
 impl DiskHistory {
@@ -160,6 +172,7 @@ impl DiskHistory {
             next_gen: 1,
             base_stamp: None,
             revisions: Vec::new(),
+            undo: None,
         }
     }
 
@@ -301,14 +314,6 @@ impl Store {
     }
 }
 
-/// Tests only (`VMOVERLAY_TEST_KILL_AT=POINT`): the process kills itself (SIGKILL) at POINT,
-/// so a test can prove that an interruption at exactly that step loses nothing.
-fn test_stop(point: &str) {
-    if std::env::var_os("VMOVERLAY_TEST_KILL_AT").is_some_and(|p| p == point) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
-    }
-}
-
 fn io(e: std::io::Error) -> String {
     format!("history: {e}")
 }
@@ -405,28 +410,38 @@ fn reconcile(h: &mut DiskHistory, keep_taking: Option<&str>) {
 /// Commit hook, right before the commit writes the base (preconditions checked, journaled):
 /// a snapshot of the base. Nothing when history is impossible or off (`keep 0`), nor when a
 /// resumed commit has none yet (its base may be half-written already).
+///
+/// Says how the commit may write: [`CommitWrites::Protected`] when this commit's revision
+/// exists. A resumed commit whose machine went down meanwhile (another boot ID) first rolls
+/// the base back to that revision: its unflushed writes may be lost in any order.
 pub fn before_commit(
     journal: &Journal,
     rec: &Record,
     changed: u64,
     resumed: bool,
-) -> Result<(), String> {
+) -> Result<CommitWrites, String> {
     if unsupported(&rec.disk).is_some() {
-        return Ok(());
+        return Ok(CommitWrites::Ordered);
     }
     let store = Store::beside(journal);
     let tag = op_tag(rec);
     store
-        .update(&rec.disk, |h| -> Result<(), String> {
+        .update(&rec.disk, |h| -> Result<CommitWrites, String> {
             let existing = h
                 .revisions
                 .iter()
                 .find(|r| r.op.as_deref() == Some(&tag))
                 .cloned();
             let mut rev = match existing {
-                Some(r) if r.state != RevState::Taking => return Ok(()),
+                Some(r) if r.state != RevState::Taking => {
+                    let crashed = resumed && rec.boot.is_some() && rec.boot != boot_id();
+                    if let (true, Some(snap)) = (crashed, r.snapshot.as_deref()) {
+                        undo_unflushed_commit(h, snap)?;
+                    }
+                    return Ok(CommitWrites::Protected);
+                }
                 Some(r) => r,
-                None if resumed || h.keep == 0 => return Ok(()),
+                None if resumed || h.keep == 0 => return Ok(CommitWrites::Ordered),
                 None => {
                     let mut r = h.new_revision(RevKind::Commit, Some(tag.clone()));
                     r.snapshot = Some(format!("vmoverlay-{}", r.id));
@@ -437,13 +452,82 @@ pub fn before_commit(
             // Recorded before it exists: an interrupted run finds it either way.
             h.set(rev.clone());
             store.save(h).map_err(io)?;
-            test_stop("history-snapshot");
+            kill_point("history-snapshot");
             snapshot_base(h, rev.snapshot.as_deref().unwrap_or_default())?;
             rev.state = RevState::Ready;
             h.set(rev);
-            Ok(())
+            Ok(CommitWrites::Protected)
         })
         .map_err(io)?
+}
+
+/// After a crash of the machine during an unordered commit: the base's reference counts
+/// are rebuilt from its tables (`qemu-img check -r all`; the snapshot's tables and clusters
+/// were never written by the commit, which copies on write), then the base is put back to
+/// the revision `snap` taken right before, so the commit starts again from a consistent base.
+fn undo_unflushed_commit(h: &mut DiskHistory, snap: &str) -> Result<(), String> {
+    log::warn!(
+        "{}: the machine went down during a commit; the base goes back to {snap} and the commit is made again",
+        h.base.display()
+    );
+    let out = image::qemu_img()
+        .args(["check", "-q", "-r", "all", "-f", "qcow2"])
+        .arg(&h.base)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    // 0: consistent (after repairs); 3: only leaked clusters remain, which lose nothing.
+    if !matches!(out.status.code(), Some(0 | 3)) {
+        return Err(format!(
+            "repairing {} after a crash: {}",
+            h.base.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    qemu_img_run(&["snapshot", "-q", "-a", snap], &h.base)?;
+    h.base_stamp = Stamp::of(&h.base).ok();
+    Ok(())
+}
+
+/// Hook at the end of a commit or discard (the overlay rebuilt): the revision it took, if
+/// any, becomes what "Undo" goes back to.
+pub fn operation_done(journal: &Journal, rec: &Record) {
+    if unsupported(&rec.disk).is_some() {
+        return;
+    }
+    let tag = op_tag(rec);
+    let r = Store::beside(journal).update(&rec.disk, |h| {
+        let undo = h
+            .ready()
+            .find(|r| r.op.as_deref() == Some(&tag))
+            .map(|r| UndoPoint {
+                revision: r.id,
+                overlay: Stamp::of(&h.overlay).ok(),
+            });
+        h.undo = undo;
+    });
+    if let Err(e) = r {
+        log::warn!("{}: {e}", rec.disk.overlay.display());
+    }
+}
+
+/// The revision "Undo" would roll `disk` back to: the one its last commit, discard or
+/// rollback took, as long as nothing happened since (it is the newest revision, still
+/// restorable, and the overlay is as that operation left it: a guest that wrote to it since
+/// has work that Undo must not throw away silently; the history still offers the rollback).
+pub fn undo_point(journal: &Journal, disk: &ManagedDisk) -> Option<u64> {
+    if unsupported(disk).is_some() {
+        return None;
+    }
+    let h = Store::beside(journal).load(disk).ok()?;
+    let undo = h.undo.as_ref()?;
+    let rev = h.get(undo.revision)?;
+    let mut now = h.clone();
+    now.notice_external();
+    let newest = h.ready().map(|r| r.id).max();
+    (newest == Some(rev.id)
+        && now.restorable(rev)
+        && Stamp::of(&disk.overlay).ok() == undo.overlay)
+        .then_some(rev.id)
 }
 
 /// Commit hook, after the commit wrote the base: the base holds new content.
@@ -528,7 +612,7 @@ pub fn retain(journal: &Journal, disk: &ManagedDisk) -> Result<usize, String> {
             {
                 if let Some(s) = r.snapshot.as_ref().filter(|s| snaps.contains(s)) {
                     h.notice_external();
-                    test_stop("history-expire");
+                    kill_point("history-expire");
                     qemu_img_run(&["snapshot", "-q", "-d", s], &h.base)?;
                     h.base_stamp = Stamp::of(&h.base).ok();
                 }
@@ -742,6 +826,14 @@ pub fn rollback(
     };
     begin(journal, &rec)?;
     run_record(rec, check, journal)?;
+    // Undoing a rollback goes back to the state it left.
+    let undo = UndoPoint {
+        revision: leave,
+        overlay: Stamp::of(&disk.overlay).ok(),
+    };
+    if let Err(e) = Store::beside(journal).update(disk, |h| h.undo = Some(undo)) {
+        log::warn!("{}: {e}", disk.overlay.display());
+    }
     Ok(leave)
 }
 
@@ -840,7 +932,7 @@ fn run_record(
                 };
                 h.set(rev.clone());
                 store.save(h).map_err(io)?;
-                test_stop("history-rollback-record");
+                kill_point("history-rollback-record");
                 snapshot_base(h, rev.snapshot.as_deref().unwrap_or_default())?;
                 if let Some(f) = &rev.overlay_file {
                     keep_overlay(&disk.overlay, f)?;
@@ -878,7 +970,7 @@ fn run_record(
                 rollback_data(),
             )
         })?;
-    test_stop("history-rollback-apply");
+    kill_point("history-rollback-apply");
     if let Some(s) = &rev.snapshot {
         qemu_img_run(&["snapshot", "-q", "-a", s], &disk.base)
             .map_err(|e| failed(&overlay, e, rollback_data()))?;

@@ -26,6 +26,17 @@ pub struct Record {
     /// Firmware variables to put back once the overlay is rebuilt (a discard).
     #[serde(default)]
     pub firmware: Option<super::types::FirmwareRestore>,
+    /// The machine's boot ID when the operation began: a different one at resume means the
+    /// machine went down meanwhile, and writes not yet flushed may be lost.
+    #[serde(default)]
+    pub boot: Option<String>,
+}
+
+/// This boot's ID (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 #[derive(Debug, Clone)]
@@ -263,6 +274,7 @@ mod tests {
             },
             phase: Phase::Committing,
             overlay_stamp: None,
+            boot: None,
             started: "2026-11-22T00:00:00Z".into(),
             firmware: None,
         }

@@ -190,6 +190,7 @@ pub fn run(
         overlay_stamp: check.images(req.disk.engine)?.stamp(&req.disk),
         started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         firmware: req.firmware.clone(),
+        boot: super::journal::boot_id(),
     };
     // A record that could not be written completely is removed by `begin` itself.
     journal.begin(&rec).map_err(|e| match e.kind() {
@@ -270,20 +271,24 @@ fn execute(
             return Err(e);
         }
         // History: a snapshot of the base, right before the commit writes it.
-        if let Err(e) = super::history::before_commit(journal, &rec, changed, resumed) {
-            if !resumed {
-                let _ = journal.finish(&overlay);
+        let writes = match super::history::before_commit(journal, &rec, changed, resumed) {
+            Ok(w) => w,
+            Err(e) => {
+                if !resumed {
+                    let _ = journal.finish(&overlay);
+                }
+                return Err(failed(
+                    OpKind::Commit,
+                    &overlay,
+                    format!("taking a revision: {e}"),
+                    &tr("Nothing was committed: the overlay still holds all of the guest's data"),
+                ));
             }
-            return Err(failed(
-                OpKind::Commit,
-                &overlay,
-                format!("taking a revision: {e}"),
-                &tr("Nothing was committed: the overlay still holds all of the guest's data"),
-            ));
-        }
+        };
         images
-            .commit(&rec.disk, progress)
+            .commit(&rec.disk, writes, progress)
             .map_err(|e| failed(OpKind::Commit, &overlay, e, &data_in_overlay()))?;
+        crate::hook::kill_point("commit-written");
         progress(Progress::CheckingBase);
         if let Err(e) = images.check_base(&rec.disk) {
             // The base may be damaged: keep the overlay, which still reads correctly on top
@@ -387,6 +392,7 @@ fn execute(
             )
         })?;
     }
+    super::history::operation_done(journal, &rec);
     journal.finish(&overlay).map_err(|e| {
         failed(
             rec.op,

@@ -14,7 +14,7 @@ use super::error::{OpError, SkipReason};
 use super::image;
 use super::journal::sync_dir;
 use super::types::Probe;
-use super::types::{Engine, ManagedDisk, Progress, Stamp};
+use super::types::{CommitWrites, Engine, ManagedDisk, Progress, Stamp};
 
 /// The local engine: `qemu-img` subprocesses on files this process can write.
 pub struct QemuImgEngine;
@@ -75,8 +75,13 @@ impl ImageEngine for QemuImgEngine {
         image::free_space(&disk.base)
     }
 
-    fn commit(&self, disk: &ManagedDisk, progress: &mut dyn FnMut(Progress)) -> Result<(), String> {
-        commit_image(&disk.overlay, progress)
+    fn commit(
+        &self,
+        disk: &ManagedDisk,
+        writes: CommitWrites,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), String> {
+        commit_image(&disk.overlay, &disk.base, writes, progress)
     }
 
     fn check_base(&self, disk: &ManagedDisk) -> Result<(), String> {
@@ -282,11 +287,20 @@ pub fn parse_progress(chunk: &str) -> Option<f64> {
         .map(|p| (p / 100.0).clamp(0.0, 1.0))
 }
 
-pub fn commit_image(overlay: &Path, progress: &mut dyn FnMut(Progress)) -> Result<(), String> {
+pub fn commit_image(
+    overlay: &Path,
+    base: &Path,
+    writes: CommitWrites,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), String> {
     // -d: leave the overlay as it is (it is replaced next), which also keeps it a complete
     // copy of the guest's changes until the rebuild.
-    let mut child = image::qemu_img()
-        .args(["commit", "-p", "-d", "-f", "qcow2"])
+    let mut cmd = image::qemu_img();
+    cmd.args(["commit", "-p", "-d", "-f", "qcow2"]);
+    if writes == CommitWrites::Protected {
+        cmd.args(["-t", "unsafe"]);
+    }
+    let mut child = cmd
         .arg(overlay)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -317,6 +331,13 @@ pub fn commit_image(overlay: &Path, progress: &mut dyn FnMut(Progress)) -> Resul
     let status = child.wait().map_err(|e| e.to_string())?;
     let err = err_reader.join().unwrap_or_default();
     if status.success() {
+        // With `-t unsafe` nothing was flushed: the base reaches the disk here, before the
+        // overlay may be replaced.
+        if writes == CommitWrites::Protected {
+            std::fs::File::open(base)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| format!("flushing {}: {e}", base.display()))?;
+        }
         Ok(())
     } else {
         let msg = err.trim().trim_start_matches("qemu-img: ").to_string();

@@ -79,6 +79,21 @@ impl OpKind {
     }
 }
 
+/// How a commit may write the base.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitWrites {
+    /// In the order QEMU flushes them (its default): a crash of the machine at any instant
+    /// leaves a consistent base.
+    Ordered,
+    /// A revision (an internal snapshot of the base) was taken right before: QEMU's ordering
+    /// flushes are skipped (`-t unsafe`, about half of what copy-on-write costs) and the base
+    /// is flushed once at the end, before the overlay is replaced. A crash of the machine
+    /// mid-commit (a new boot ID in the journal) is undone by rolling the base back to that
+    /// revision before the commit is made again; a killed process loses nothing, as every
+    /// write it made is in the page cache.
+    Protected,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Phase {

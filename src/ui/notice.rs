@@ -45,7 +45,12 @@ impl Notice {
 /// The notification for a notice of the state machine.
 pub fn of(notice: &Notice) -> Notification {
     match notice {
-        Notice::Done { key, op, changed } => {
+        Notice::Done {
+            key,
+            op,
+            changed,
+            undo,
+        } => {
             let size = human_bytes(*changed);
             let (title, body) = match op {
                 OpKind::Commit => (
@@ -60,12 +65,23 @@ pub fn of(notice: &Notice) -> Notification {
                     ),
                 ),
             };
+            // For as long as it is possible: the notification is replaced or withdrawn when
+            // the VM's state changes, and the action checks again.
+            let buttons = if *undo {
+                vec![Button {
+                    label: tr("Undo"),
+                    action: "app.undo",
+                    vm: key.clone(),
+                }]
+            } else {
+                Vec::new()
+            };
             Notification {
                 id: about(key),
                 title,
                 body,
                 error: false,
-                buttons: Vec::new(),
+                buttons,
             }
         }
         Notice::Failed { key, op, error } => Notification {

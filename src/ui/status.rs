@@ -239,6 +239,7 @@ mod tests {
                 key: key(),
                 op: crate::overlay::OpKind::Commit,
                 changed: 4096,
+                undo: false,
             }),
             ..shut_off_with_changes()
         };
