@@ -7,6 +7,7 @@
 //!   the guest): both allocate, history adds only the snapshot;
 //! - **over data**: the base already holds data everywhere the overlay writes (the worst case
 //!   for history: every cluster is copied on write to a new place instead of overwritten).
+//!
 //! Target: history on within 3 % of off.
 //!
 //! Options: `--mib N` (dirty size, default 1024), `--rounds N` (pairs of runs, default 4).

@@ -4,8 +4,10 @@
 //! pipeline in [`crate::jobs`]) runs off it.
 //!
 //! User intents are actions with the VM's key as target (see [`VmKey::target`]):
-//! `app.commit`, `app.discard`, `app.later`, `app.set-policy`, plus `app.show-status` and
-//! `app.quit`. The prompt, the tray, the status window and notifications all use them.
+//! `app.commit`, `app.discard`, `app.later`, `app.set-policy`, `app.undo`, `app.history`,
+//! plus `app.show-status` and `app.quit`. A revision's actions (`app.rollback`, `app.pin`,
+//! `app.label`) take `(uri, vm, revision, disk)`. The prompt, the tray, the status window,
+//! the history window and notifications all use them.
 
 use adw::prelude::*;
 use adw::subclass::prelude::*;
@@ -20,6 +22,7 @@ use crate::libvirt::{Monitor, MonitorConfig};
 use crate::machine::{Choice, Effect, Input, InspectReason, Inspection, Policy, VmKey};
 use crate::overlay::Progress;
 use crate::tray::{TrayAction, TrayState, TrayVm, VmTray};
+use crate::ui::history::{HistoryWindow, View};
 use crate::ui::{prompt, status};
 use crate::{autostart, config, settings};
 
@@ -47,6 +50,8 @@ mod imp {
         pub tray: RefCell<Option<ksni::Handle<VmTray>>>,
         pub tray_state: RefCell<TrayState>,
         pub demo: RefCell<Option<Demo>>,
+        /// Open history windows, and what each lists.
+        pub histories: RefCell<HashMap<VmKey, (HistoryWindow, View)>>,
     }
 
     #[glib::object_subclass]
@@ -142,6 +147,56 @@ fn connection(
         None => crate::libvirt::open(uri, true).map_err(|e| crate::overlay::OpError::NotFound {
             what: e.message().to_string(),
         }),
+    }
+}
+
+/// What `key`'s history window lists (blocking).
+fn history_view(ctx: &Context, conn: Option<virt::connect::Connect>, key: &VmKey) -> View {
+    let read = connection(conn, &key.uri)
+        .and_then(|conn| jobs::vm_history(ctx, &conn, &key.uri, &key.name, None));
+    let h = match read {
+        Ok(h) => h,
+        Err(e) => {
+            return View {
+                error: Some(e.to_string()),
+                ..Default::default()
+            }
+        }
+    };
+    let entries = h
+        .entries
+        .iter()
+        .map(|e| crate::ui::history::Entry {
+            disk: e.disk.clone(),
+            id: e.revision.id,
+            time: e.revision.time.clone(),
+            kind: e.revision.kind.word(),
+            label: e.revision.label.clone(),
+            pinned: e.revision.pinned,
+            bytes: e.revision.held_bytes(),
+            restorable: e.restorable,
+        })
+        .collect();
+    let summary = h
+        .disks
+        .iter()
+        .map(|(t, d)| {
+            tr_f(
+                "{disk}: {count} revisions hold {size}; the newest {keep} are kept, and pinned ones",
+                &[
+                    ("disk", t),
+                    ("count", &d.ready().count().to_string()),
+                    ("size", &crate::units::human_bytes(d.held_bytes())),
+                    ("keep", &d.keep.to_string()),
+                ],
+            )
+        })
+        .collect();
+    View {
+        entries,
+        summary,
+        undo: h.undo,
+        error: None,
     }
 }
 
@@ -277,6 +332,32 @@ impl Application {
                 });
             })
             .build();
+        let undo = gio::ActionEntry::builder("undo")
+            .parameter_type(Some(VmKey::target_type()))
+            .activate(|app: &Self, _, target| {
+                if let Some(key) = target.and_then(VmKey::from_target) {
+                    app.undo(key);
+                }
+            })
+            .build();
+        let history = gio::ActionEntry::builder("history")
+            .parameter_type(Some(VmKey::target_type()))
+            .activate(|app: &Self, _, target| {
+                if let Some(key) = target.and_then(VmKey::from_target) {
+                    app.show_history(&key);
+                }
+            })
+            .build();
+        let revision = |name: &str, ty: &str, f: fn(&Self, &glib::Variant)| {
+            gio::ActionEntry::builder(name)
+                .parameter_type(Some(glib::VariantTy::new(ty).expect("a type string")))
+                .activate(move |app: &Self, _, target| {
+                    if let Some(t) = target {
+                        f(app, t);
+                    }
+                })
+                .build()
+        };
         let show_status = gio::ActionEntry::builder("show-status")
             .activate(|app: &Self, _, _| app.show_status())
             .build();
@@ -292,9 +373,235 @@ impl Application {
             release,
             make_disposable,
             stop_disposable,
+            undo,
+            history,
+            revision("rollback", "(ssts)", |app, t| {
+                if let Some((uri, name, id, disk)) = t.get::<(String, String, u64, String)>() {
+                    crate::ui::confirm::rollback(
+                        app.upcast_ref(),
+                        &VmKey::new(&uri, &name),
+                        id,
+                        &disk,
+                    );
+                }
+            }),
+            revision("rollback-now", "(ssts)", |app, t| {
+                if let Some((uri, name, id, disk)) = t.get::<(String, String, u64, String)>() {
+                    app.rollback(VmKey::new(&uri, &name), id, disk);
+                }
+            }),
+            revision("pin", "(sstsb)", |app, t| {
+                if let Some((uri, name, id, disk, pinned)) =
+                    t.get::<(String, String, u64, String, bool)>()
+                {
+                    app.edit_revision(VmKey::new(&uri, &name), id, disk, Some(pinned), None);
+                }
+            }),
+            revision("label", "(ssts)", |app, t| {
+                if let Some((uri, name, id, disk)) = t.get::<(String, String, u64, String)>() {
+                    let key = VmKey::new(&uri, &name);
+                    let current = app
+                        .imp()
+                        .histories
+                        .borrow()
+                        .get(&key)
+                        .and_then(|(_, v)| {
+                            v.entries
+                                .iter()
+                                .find(|e| e.id == id && e.disk == disk)
+                                .and_then(|e| e.label.clone())
+                        })
+                        .unwrap_or_default();
+                    crate::ui::confirm::label(app.upcast_ref(), &key, id, &disk, &current);
+                }
+            }),
+            revision("set-label", "(sstss)", |app, t| {
+                if let Some((uri, name, id, disk, label)) =
+                    t.get::<(String, String, u64, String, String)>()
+                {
+                    app.edit_revision(VmKey::new(&uri, &name), id, disk, None, Some(label));
+                }
+            }),
             show_status,
             quit,
         ]);
+    }
+
+    /// Opens (or raises) `key`'s history window and lists its revisions.
+    fn show_history(&self, key: &VmKey) {
+        let existing = self
+            .imp()
+            .histories
+            .borrow()
+            .get(key)
+            .map(|(w, _)| w.clone());
+        let window = existing.unwrap_or_else(|| {
+            let w = HistoryWindow::new(self.upcast_ref(), key);
+            self.imp()
+                .histories
+                .borrow_mut()
+                .insert(key.clone(), (w.clone(), View::default()));
+            w
+        });
+        window.window.present();
+        self.reload_history(key);
+    }
+
+    /// Reads `key`'s history again (off the main loop) into its window, if one is open.
+    fn reload_history(&self, key: &VmKey) {
+        if !self.imp().histories.borrow().contains_key(key) {
+            return;
+        }
+        let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
+        let k = key.clone();
+        glib::spawn_future_local(glib::clone!(
+            #[weak(rename_to = app)]
+            self,
+            async move {
+                let key = k.clone();
+                let view = gio::spawn_blocking(move || history_view(&ctx, conn, &k))
+                    .await
+                    .unwrap_or_default();
+                let active = app
+                    .imp()
+                    .machine
+                    .borrow()
+                    .vms
+                    .get(&key)
+                    .is_some_and(|vm| vm.active || vm.job.is_some());
+                let view = View {
+                    undo: view.undo && !active,
+                    ..view
+                };
+                let window = {
+                    let mut open = app.imp().histories.borrow_mut();
+                    open.get_mut(&key).map(|(w, shown)| {
+                        *shown = view.clone();
+                        w.clone()
+                    })
+                };
+                if let Some(w) = window {
+                    w.show(&view);
+                }
+            }
+        ));
+    }
+
+    /// Undo: `key` goes back to before its last commit, discard or rollback.
+    fn undo(&self, key: VmKey) {
+        self.history_job(key, "undo", |ctx, conn, key| {
+            jobs::undo(ctx, conn, &key.uri, &key.name)
+        });
+    }
+
+    fn rollback(&self, key: VmKey, id: u64, disk: String) {
+        self.history_job(key, "rollback", move |ctx, conn, key| {
+            let (found, disks) = jobs::history_disks(ctx, conn, &key.uri, &key.name, Some(&disk))?;
+            let d = jobs::disk_with_revision(ctx, &key.name, &disks, id)?;
+            let left = jobs::rollback(ctx, &found, &key.uri, &key.name, &d, id)?;
+            Ok(vec![jobs::Undone {
+                disk,
+                revision: id,
+                left,
+            }])
+        });
+    }
+
+    /// Runs an undo or a rollback off the main loop; its result is a notification, and the
+    /// VM and its history are looked at again.
+    fn history_job(
+        &self,
+        key: VmKey,
+        what: &'static str,
+        work: impl FnOnce(
+                &Context,
+                &virt::connect::Connect,
+                &VmKey,
+            ) -> Result<Vec<jobs::Undone>, crate::overlay::OpError>
+            + Send
+            + 'static,
+    ) {
+        let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
+        glib::spawn_future_local(glib::clone!(
+            #[weak(rename_to = app)]
+            self,
+            async move {
+                let k = key.clone();
+                let result = gio::spawn_blocking(move || {
+                    let conn = connection(conn, &k.uri)?;
+                    work(&ctx, &conn, &k)
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::overlay::OpError::NotFound {
+                        what: format!("the {what} panicked"),
+                    })
+                });
+                hook::emit(
+                    "history-done",
+                    &key,
+                    serde_json::json!({
+                        "action": what,
+                        "ok": result.is_ok(),
+                        "result": match &result {
+                            Ok(u) => u.iter().map(|u| serde_json::json!({
+                                "disk": u.disk, "revision": u.revision, "left": u.left,
+                            })).collect(),
+                            Err(e) => serde_json::json!(e.to_string()),
+                        },
+                    }),
+                );
+                app.notify(crate::ui::notice::rolled_back(&key, &result));
+                app.effect(Effect::Inspect {
+                    key: key.clone(),
+                    reason: InspectReason::Refresh,
+                });
+                app.reload_history(&key);
+            }
+        ));
+    }
+
+    /// Pins or unpins a revision, or sets its label; the history window shows it.
+    fn edit_revision(
+        &self,
+        key: VmKey,
+        id: u64,
+        disk: String,
+        pinned: Option<bool>,
+        label: Option<String>,
+    ) {
+        let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
+        glib::spawn_future_local(glib::clone!(
+            #[weak(rename_to = app)]
+            self,
+            async move {
+                let k = key.clone();
+                let result = gio::spawn_blocking(move || {
+                    let conn = connection(conn, &k.uri)?;
+                    let (_, disks) =
+                        jobs::history_disks(&ctx, &conn, &k.uri, &k.name, Some(&disk))?;
+                    let d = jobs::disk_with_revision(&ctx, &k.name, &disks, id)?;
+                    crate::overlay::history::edit(&ctx.journal, &d, id, pinned, label.as_deref())
+                        .map_err(|e| crate::overlay::OpError::NotWritable {
+                            what: crate::overlay::history::Store::beside(&ctx.journal)
+                                .path_for(&d.overlay)
+                                .display()
+                                .to_string(),
+                            reason: e.to_string(),
+                        })
+                })
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::overlay::OpError::NotFound {
+                        what: "editing the revision panicked".into(),
+                    })
+                });
+                if let Err(e) = &result {
+                    app.notify(crate::ui::notice::revision_not_changed(e));
+                }
+                app.reload_history(&key);
+            }
+        ));
     }
 
     /// The pipeline's context, knowing every connection the monitors hold.

@@ -799,6 +799,8 @@ pub struct RevisionEntry {
 pub struct VmHistory {
     pub entries: Vec<RevisionEntry>,
     pub disks: Vec<(String, history::DiskHistory)>,
+    /// A disk has an undo point (see [`undo`]).
+    pub undo: bool,
 }
 
 /// Reads the history of `vm`'s disks (every disk that keeps one, or `only`). Blocking.
@@ -831,9 +833,13 @@ pub fn vm_history(
     entries.sort_by(|a, b| {
         (b.revision.time.as_str(), b.revision.id).cmp(&(a.revision.time.as_str(), a.revision.id))
     });
+    let undo = disks
+        .iter()
+        .any(|d| history::undo_point(&ctx.journal, d).is_some());
     Ok(VmHistory {
         entries,
         disks: histories,
+        undo,
     })
 }
 

@@ -280,6 +280,56 @@ fn a_discard_is_undone() {
     assert_eq!(checksum(&vm.overlay), overlay_before);
 }
 
+/// `vmoverlay undo`: a discard is undone (its changes are back, byte for byte), undone again
+/// (which redoes it), and a commit is undone; once the overlay is written to after the last
+/// operation, or with history off, there is nothing to undo (exit 3) and nothing changes.
+#[test]
+fn undo_takes_back_the_last_operation_while_nothing_happened_since() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let s = state.path();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-hist-undo");
+    let overlay_before = checksum(&vm.overlay);
+    ok(s, &bed.uri, &["discard", &vm.name, "--yes"]);
+    assert_eq!(changed(&vm.overlay), 0);
+    let ran = ok(s, &bed.uri, &["undo", &vm.name, "--yes"]);
+    assert!(ran.stdout.contains("rolled back"), "{ran:?}");
+    assert_eq!(
+        checksum(&vm.overlay),
+        overlay_before,
+        "the discard is undone"
+    );
+    // Undoing the undo discards again.
+    ok(s, &bed.uri, &["undo", &vm.name, "--yes"]);
+    assert_eq!(changed(&vm.overlay), 0);
+    ok(s, &bed.uri, &["undo", &vm.name, "--yes"]);
+    assert!(reads_pattern(&vm.overlay, 0x5a, "0", "1M"));
+
+    // A commit, undone: the base is as before it.
+    ok(s, &bed.uri, &["commit", &vm.name, "--yes"]);
+    assert!(reads_pattern(&vm.base, 0x5a, "0", "1M"));
+    ok(s, &bed.uri, &["undo", &vm.name, "--yes"]);
+    assert!(reads_pattern(&vm.base, 0x00, "0", "1M"));
+    check_base(&vm.base);
+
+    // Written since: Undo would throw that away, so there is nothing to undo.
+    qemu_io(&vm.overlay, &["write -P 0x99 1M 1M"]);
+    let refused = |why: &str| {
+        let (overlay, base_before) = (checksum(&vm.overlay), checksum(&vm.base));
+        let ran = vmoverlay(s, &["undo", &vm.name, "--yes", "--connect", &bed.uri]);
+        assert_eq!(ran.code, 3, "{why}: {ran:?}");
+        assert!(ran.stderr.contains("nothing to undo"), "{ran:?}");
+        assert!(ran.stderr.contains("Nothing was changed"), "{ran:?}");
+        assert_eq!(checksum(&vm.overlay), overlay, "{why}");
+        assert_eq!(checksum(&vm.base), base_before, "{why}");
+    };
+    refused("written since");
+    // History off: a discard keeps no revision.
+    ok(s, &bed.uri, &["keep", &vm.name, "0"]);
+    ok(s, &bed.uri, &["discard", &vm.name, "--yes"]);
+    refused("history off");
+}
+
 fn commit_n(s: &Path, uri: &str, vm: &StateVm, n: usize, pattern_base: u8) {
     for i in 0..n {
         qemu_io(

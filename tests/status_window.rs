@@ -96,6 +96,8 @@ fn row(name: &str, subtitle: &str, can_act: bool) -> Row {
         can_discard: can_act,
         can_adopt: false,
         can_release: false,
+        can_undo: false,
+        has_history: false,
         last: None,
         blocked: None,
     }

@@ -524,9 +524,7 @@ pub fn undo_point(journal: &Journal, disk: &ManagedDisk) -> Option<u64> {
     let mut now = h.clone();
     now.notice_external();
     let newest = h.ready().map(|r| r.id).max();
-    (newest == Some(rev.id)
-        && now.restorable(rev)
-        && Stamp::of(&disk.overlay).ok() == undo.overlay)
+    (newest == Some(rev.id) && now.restorable(rev) && Stamp::of(&disk.overlay).ok() == undo.overlay)
         .then_some(rev.id)
 }
 
@@ -641,6 +639,18 @@ pub fn set_pin(
     pinned: bool,
     label: Option<&str>,
 ) -> std::io::Result<bool> {
+    edit(journal, disk, id, Some(pinned), label)
+}
+
+/// Pins or unpins revision `id` and sets its label (empty: none), each where given; `false`
+/// if there is no such revision.
+pub fn edit(
+    journal: &Journal,
+    disk: &ManagedDisk,
+    id: u64,
+    pinned: Option<bool>,
+    label: Option<&str>,
+) -> std::io::Result<bool> {
     Store::beside(journal).update(disk, |h| {
         match h
             .revisions
@@ -648,8 +658,11 @@ pub fn set_pin(
             .find(|r| r.id == id && r.state == RevState::Ready)
         {
             Some(r) => {
-                r.pinned = pinned;
+                if let Some(p) = pinned {
+                    r.pinned = p;
+                }
                 if let Some(l) = label {
+                    let l = l.trim();
                     r.label = (!l.is_empty()).then(|| l.to_string());
                 }
                 true

@@ -41,6 +41,6 @@ pub use journal::{Journal, Record};
 pub use ops::{recover, spawn, JobEvent};
 pub use qemu_img::QemuImgEngine;
 pub use types::{
-    CommitWrites, Engine, EngineChoice, ManagedDisk, OpKind, Outcome, Phase, Pin, Progress, Request,
-    Stamp,
+    CommitWrites, Engine, EngineChoice, ManagedDisk, OpKind, Outcome, Phase, Pin, Progress,
+    Request, Stamp,
 };

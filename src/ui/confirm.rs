@@ -3,6 +3,7 @@
 //! `app.stop-disposable`) with the VM as target.
 
 use adw::prelude::*;
+use gtk::glib;
 
 use crate::hook;
 use crate::i18n::{tr, tr_f};
@@ -91,5 +92,85 @@ pub fn release(app: &adw::Application, key: &VmKey, changed: u64) {
     d.set_default_response(Some("cancel"));
     d.set_close_response("cancel");
     answer(&d, app, key, "stop-disposable");
+    d.present();
+}
+
+/// Emits the `confirm-*` hooks of `dialog` about `key`, and on `yes` activates `action` with
+/// `target`.
+fn answer_with(
+    dialog: &adw::MessageDialog,
+    app: &adw::Application,
+    key: &VmKey,
+    yes: &'static str,
+    action: &'static str,
+    target: impl Fn(&adw::MessageDialog) -> Option<glib::Variant> + 'static,
+) {
+    let (app, k) = (app.downgrade(), key.clone());
+    dialog.connect_response(None, move |d, response| {
+        hook::emit("confirm-response", &k, serde_json::json!(response));
+        if let (Some(app), true) = (app.upgrade(), response == yes) {
+            if let Some(t) = target(d) {
+                app.activate_action(action, Some(&t));
+            }
+        }
+    });
+    let key = key.clone();
+    dialog.connect_map(move |_| hook::emit("confirm-mapped", &key, serde_json::json!(action)));
+}
+
+/// "Roll Back…": what a rollback does, then Cancel or Roll Back (`app.rollback-now`).
+pub fn rollback(app: &adw::Application, key: &VmKey, id: u64, disk: &str) {
+    let d = dialog(
+        app,
+        &tr_f(
+            "Roll {vm} back to revision {revision}?",
+            &[("vm", &key.name), ("revision", &id.to_string())],
+        ),
+        &tr_f(
+            "Its disk {disk} (base image and overlay) returns to exactly what it held then. What it holds now is kept as a new revision, so this can be undone.",
+            &[("disk", disk)],
+        ),
+    );
+    d.add_responses(&[("cancel", &tr("_Cancel")), ("rollback", &tr("_Roll Back"))]);
+    d.set_response_appearance("rollback", adw::ResponseAppearance::Suggested);
+    d.set_default_response(Some("cancel"));
+    d.set_close_response("cancel");
+    let target = super::history::target(key, id, disk);
+    answer_with(&d, app, key, "rollback", "rollback-now", move |_| {
+        Some(target.clone())
+    });
+    d.present();
+}
+
+/// "Label…": the revision's label in an entry, then Cancel or Save (`app.set-label`; an empty
+/// label removes it).
+pub fn label(app: &adw::Application, key: &VmKey, id: u64, disk: &str, current: &str) {
+    let d = dialog(
+        app,
+        &tr_f("Label revision {revision}", &[("revision", &id.to_string())]),
+        &tr("A few words to find it again by; a labelled revision is not kept any longer than others unless it is pinned."),
+    );
+    let entry = gtk::Entry::builder()
+        .text(current)
+        .activates_default(true)
+        .build();
+    d.set_extra_child(Some(&entry));
+    d.add_responses(&[("cancel", &tr("_Cancel")), ("save", &tr("_Save"))]);
+    d.set_response_appearance("save", adw::ResponseAppearance::Suggested);
+    d.set_default_response(Some("save"));
+    d.set_close_response("cancel");
+    let (uri, name, disk) = (key.uri.clone(), key.name.clone(), disk.to_string());
+    answer_with(&d, app, key, "save", "set-label", move |_| {
+        Some(
+            (
+                uri.as_str(),
+                name.as_str(),
+                id,
+                disk.as_str(),
+                entry.text().as_str(),
+            )
+                .to_variant(),
+        )
+    });
     d.present();
 }

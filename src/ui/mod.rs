@@ -3,6 +3,7 @@
 //! actions and know nothing of libvirt or the images.
 
 pub mod confirm;
+pub mod history;
 pub mod notice;
 pub mod prompt;
 mod resources;

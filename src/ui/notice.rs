@@ -21,7 +21,7 @@ pub struct Notification {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Button {
     pub label: String,
-    /// `app.commit`, `app.discard` or `app.later`.
+    /// `app.commit`, `app.discard`, `app.later` or `app.undo`.
     pub action: &'static str,
     pub vm: VmKey,
 }
@@ -207,6 +207,51 @@ pub fn recovered(vm: &VmKey, op: OpKind, result: &Result<Outcome, OpError>) -> N
         title: "VM Overlay".into(),
         body,
         error,
+        buttons: Vec::new(),
+    }
+}
+
+/// The result of an undo or a rollback: each disk's revision, and the revision that keeps
+/// the state left.
+pub fn rolled_back(vm: &VmKey, result: &Result<Vec<crate::jobs::Undone>, OpError>) -> Notification {
+    match result {
+        Ok(undone) => Notification {
+            id: about(vm),
+            title: tr_f("{vm}: rolled back", &[("vm", &vm.name)]),
+            body: undone
+                .iter()
+                .map(|u| {
+                    tr_f(
+                        "{disk} is back at revision {revision}; what it held is kept as revision {left}.",
+                        &[
+                            ("disk", &u.disk),
+                            ("revision", &u.revision.to_string()),
+                            ("left", &u.left.to_string()),
+                        ],
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            error: false,
+            buttons: Vec::new(),
+        },
+        Err(e) => Notification {
+            id: about(vm),
+            title: tr_f("{vm}: rollback failed", &[("vm", &vm.name)]),
+            body: e.to_string(),
+            error: true,
+            buttons: Vec::new(),
+        },
+    }
+}
+
+/// A pin or a label could not be saved.
+pub fn revision_not_changed(error: &OpError) -> Notification {
+    Notification {
+        id: Some("revision".into()),
+        title: tr("The revision was not changed"),
+        body: error.to_string(),
+        error: true,
         buttons: Vec::new(),
     }
 }

@@ -28,6 +28,10 @@ pub struct Row {
     pub can_adopt: bool,
     /// "Stop being disposable…" is offered.
     pub can_release: bool,
+    /// "Undo" is offered: the last commit, discard or rollback can be undone.
+    pub can_undo: bool,
+    /// "History…" is offered (a disposable VM).
+    pub has_history: bool,
     /// The last operation's result (status window only; the tray keeps labels short).
     pub last: Option<String>,
     /// Why Commit and Discard are not offered (see [`Vm::blocked`]); `can_act` is then false.
@@ -82,6 +86,8 @@ impl Row {
         Row {
             can_adopt: idle && vm.adoptable,
             can_release: idle && vm.changed.is_some() && vm.blocked.is_none(),
+            can_undo: idle && vm.undo,
+            has_history: vm.changed.is_some(),
             key: key.clone(),
             subtitle: parts.join(", "),
             progress: vm.job.as_ref().map(|j| j.progress),

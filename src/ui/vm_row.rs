@@ -23,6 +23,8 @@ pub struct Shown {
     pub can_discard: bool,
     pub can_adopt: bool,
     pub can_release: bool,
+    pub can_undo: bool,
+    pub has_history: bool,
     pub blocked: Option<String>,
     pub last: Option<String>,
 }
@@ -36,6 +38,8 @@ impl Shown {
             can_discard: row.can_discard && row.can_act && row.blocked.is_none(),
             can_adopt: row.can_adopt,
             can_release: row.can_release,
+            can_undo: row.can_undo,
+            has_history: row.has_history,
             blocked: row.blocked.clone(),
             last: row.last.clone(),
         }
@@ -64,6 +68,10 @@ mod imp {
     pub struct VmRow {
         #[template_child]
         pub progress: TemplateChild<gtk::ProgressBar>,
+        #[template_child]
+        pub history: TemplateChild<gtk::Button>,
+        #[template_child]
+        pub undo: TemplateChild<gtk::Button>,
         #[template_child]
         pub adopt: TemplateChild<gtk::Button>,
         #[template_child]
@@ -110,7 +118,14 @@ impl VmRow {
         let row: VmRow = glib::Object::new();
         row.set_title(&key.name);
         let imp = row.imp();
-        for button in [&*imp.discard, &*imp.commit, &*imp.adopt, &*imp.release] {
+        for button in [
+            &*imp.discard,
+            &*imp.commit,
+            &*imp.adopt,
+            &*imp.release,
+            &*imp.undo,
+            &*imp.history,
+        ] {
             // The target first: the action helper checks it against the action's parameter
             // type when the name is set.
             button.set_action_target_value(Some(&key.target()));
@@ -134,6 +149,8 @@ impl VmRow {
         // not "Make disposable".
         imp.adopt.set_visible(new.can_adopt);
         imp.release.set_visible(new.can_release);
+        imp.undo.set_visible(new.can_undo);
+        imp.history.set_visible(new.has_history);
         if old.as_ref().map(|o| o.progress) != Some(new.progress) {
             match new.progress {
                 Some(f) => {
@@ -157,6 +174,8 @@ impl VmRow {
                 "can_discard": new.can_discard,
                 "can_adopt": new.can_adopt,
                 "can_release": new.can_release,
+                "can_undo": new.can_undo,
+                "has_history": new.has_history,
                 "progress": new.progress,
                 "last": new.last,
             }),
