@@ -85,7 +85,38 @@ pub struct Found {
 }
 
 pub fn find(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Result<Found, OpError> {
-    let check = ctx.check(conn, uri, vm);
+    found_with(ctx, ctx.check(conn, uri, vm), vm)
+}
+
+/// As [`find`], for looking only (`status`, [`assess`]): the definition is read once. `inactive`
+/// when the domain was just listed as shut off.
+pub fn find_to_look(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    vm: &str,
+    inactive: bool,
+) -> Result<Found, OpError> {
+    found_with(ctx, ctx.check(conn, uri, vm).inspecting(inactive), vm)
+}
+
+/// As [`find_to_look`], for a domain just listed with its handle (`status`).
+pub fn find_listed(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    listed: &crate::libvirt::DomainSnapshot,
+    handle: virt::domain::Domain,
+) -> Result<Found, OpError> {
+    let inactive = !listed.state.kind.is_active();
+    let check = ctx
+        .check(conn, uri, &listed.name)
+        .inspecting(inactive)
+        .with_handle(handle);
+    found_with(ctx, check, &listed.name)
+}
+
+fn found_with(ctx: &Context, check: LibvirtCheck, vm: &str) -> Result<Found, OpError> {
     let pins = ctx.pins_for(vm)?;
     let disks = domains::domain_disks(&check, ctx.engine, &pins)?;
     Ok(Found { check, disks })
@@ -287,11 +318,13 @@ pub struct Assessment {
     pub adoptable: bool,
     /// "Undo" can take the VM back to before its last commit, discard or rollback.
     pub undo: bool,
+    /// The bytes each managed disk's overlay holds (by target), when all could be read.
+    pub per_disk: Vec<(String, u64)>,
 }
 
 /// Looks at `vm` without writing or locking anything. Blocking.
 pub fn assess(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Assessment {
-    let found = match find(ctx, conn, uri, vm) {
+    let found = match find_to_look(ctx, conn, uri, vm, false) {
         Ok(f) => f,
         Err(e) => {
             return Assessment {
@@ -300,6 +333,7 @@ pub fn assess(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Assessment 
                 discard_blocked: None,
                 adoptable: false,
                 undo: false,
+                per_disk: Vec::new(),
             }
         }
     };
@@ -320,14 +354,19 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
                 discard_blocked: None,
                 adoptable: false,
                 undo: false,
+                per_disk: Vec::new(),
             }
         }
     };
     let mut changed = 0;
+    let mut per_disk = Vec::new();
     let mut blocked = found.check.ensure_no_saved_state().err();
     for disk in &disks {
         match ops::changed_bytes(disk, &found.check) {
-            Ok(n) => changed += n,
+            Ok(n) => {
+                changed += n;
+                per_disk.push((disk.target.clone(), n));
+            }
             Err(e) => {
                 return Assessment {
                     changed: None,
@@ -335,6 +374,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
                     discard_blocked: None,
                     adoptable: false,
                     undo: false,
+                    per_disk: Vec::new(),
                 }
             }
         }
@@ -381,6 +421,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
         discard_blocked,
         adoptable: false,
         undo,
+        per_disk,
     }
 }
 

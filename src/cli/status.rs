@@ -32,8 +32,10 @@ struct DomainReport {
     adoptable: Vec<(String, Option<OpError>)>,
 }
 
-/// Maps `f` over `items` on a few threads, keeping the order. Discovery is bound by qemu-img
-/// subprocesses, so a few workers beat one even on two cores.
+/// Maps `f` over `items` on a few threads, keeping the order. Looking at a domain waits on
+/// libvirt's round trips (four per domain: its definition, read once, its managed save,
+/// snapshots and checkpoints; every state comes in one call, with the handles), so a few
+/// workers beat one even on two cores.
 fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
     let queue = std::sync::Mutex::new(items.into_iter().enumerate());
@@ -56,8 +58,13 @@ fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R>
     results.into_iter().map(|(_, r)| r).collect()
 }
 
-fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) -> DomainReport {
-    let found = jobs::find(ctx, conn, uri, &d.name);
+fn report(
+    ctx: &Context,
+    conn: &Connect,
+    uri: &str,
+    (d, handle): (libvirt::DomainSnapshot, virt::domain::Domain),
+) -> DomainReport {
+    let found = jobs::find_listed(ctx, conn, uri, &d, handle);
     let (disks, blocked, discard_blocked, adoptable) = match found {
         Err(e) => (Err(e), None, None, Vec::new()),
         Ok(found) => {
@@ -68,7 +75,11 @@ fn report(ctx: &Context, conn: &Connect, uri: &str, d: libvirt::DomainSnapshot) 
                 .managed
                 .iter()
                 .map(|disk| DiskReport {
-                    changed: crate::overlay::ops::changed_bytes(disk, &found.check),
+                    // Read once, by the assessment, where it could read them all.
+                    changed: match assessed.per_disk.iter().find(|(t, _)| *t == disk.target) {
+                        Some((_, n)) => Ok(*n),
+                        None => crate::overlay::ops::changed_bytes(disk, &found.check),
+                    },
                     disk: disk.clone(),
                 })
                 .collect();
@@ -191,7 +202,7 @@ pub fn run(ctx: &Context, uris: &[String], only: Option<&str>, as_json: bool) ->
     recover_pending(&ctx);
     let mut rows = Vec::new();
     for (uri, conn) in &conns {
-        let mut domains = match libvirt::list_domains(conn) {
+        let mut domains = match libvirt::list_domain_handles(conn) {
             Ok(d) => d,
             Err(e) => {
                 eprintln!(
@@ -204,7 +215,7 @@ pub fn run(ctx: &Context, uris: &[String], only: Option<&str>, as_json: bool) ->
                 return Exit::Connect as i32;
             }
         };
-        domains.retain(|d| only.is_none_or(|name| name == d.name));
+        domains.retain(|(d, _)| only.is_none_or(|name| name == d.name));
         rows.extend(par_map(domains, |d| report(&ctx, conn, uri, d)));
     }
     if let (Some(name), true) = (only, rows.is_empty()) {

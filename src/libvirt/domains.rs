@@ -34,10 +34,7 @@ pub fn domain_disks(
     choice: EngineChoice,
     pins: &[crate::overlay::Pin],
 ) -> Result<DomainDisks, OpError> {
-    let xml = check.domain().and_then(|d| {
-        d.xml_desc(0)
-            .map_err(|e| not_found(format!("domain '{}': {}", check.domain, e.message())))
-    })?;
+    let xml = check.xml(0)?;
     let local = is_local_uri(&check.uri);
     let via_libvirt = |target: &str, source: &Path| -> Result<ManagedDisk, SkipReason> {
         check
@@ -111,6 +108,11 @@ pub struct LibvirtCheck {
     scan_dirs: Vec<PathBuf>,
     handle: OnceLock<Domain>,
     libvirt: OnceLock<Result<LibvirtEngine, String>>,
+    /// Only for looking (`status`, the app's inspections), never for an operation, which
+    /// asks libvirt afresh before each write: the definition read once per kind (live or
+    /// inactive), and for a domain known to be shut off, once for both.
+    definitions: Option<std::sync::Mutex<std::collections::HashMap<u32, String>>>,
+    known_inactive: bool,
 }
 
 impl LibvirtCheck {
@@ -123,7 +125,48 @@ impl LibvirtCheck {
             scan_dirs: Vec::new(),
             handle: OnceLock::new(),
             libvirt: OnceLock::new(),
+            definitions: None,
+            known_inactive: false,
         }
+    }
+
+    /// A check that only looks: the definition is read once (see `definitions`); `inactive`
+    /// when the domain was just listed as shut off (its live and inactive definitions are then
+    /// the same).
+    pub fn inspecting(mut self, inactive: bool) -> LibvirtCheck {
+        self.definitions = Some(Default::default());
+        self.known_inactive = inactive;
+        self
+    }
+
+    /// The domain's handle, already known (from a listing), so it is not looked up again.
+    pub fn with_handle(self, dom: Domain) -> LibvirtCheck {
+        let _ = self.handle.set(dom);
+        self
+    }
+
+    /// The domain's definition (`flags`: 0 for the live one, or `VIR_DOMAIN_XML_INACTIVE`).
+    fn xml(&self, flags: u32) -> Result<String, OpError> {
+        let key = if self.known_inactive {
+            flags & !virt::sys::VIR_DOMAIN_XML_INACTIVE
+        } else {
+            flags
+        };
+        if let Some(xml) = self
+            .definitions
+            .as_ref()
+            .and_then(|c| c.lock().ok()?.get(&key).cloned())
+        {
+            return Ok(xml);
+        }
+        let xml = self
+            .domain()?
+            .xml_desc(flags)
+            .map_err(|e| not_found(format!("definition of '{}': {}", self.domain, e.message())))?;
+        if let Some(Ok(mut c)) = self.definitions.as_ref().map(|c| c.lock()) {
+            c.insert(key, xml.clone());
+        }
+        Ok(xml)
     }
 
     /// Also looks for overlays of a base in these directories (the `scan-dirs.json` setting).
@@ -419,9 +462,7 @@ impl DomainCheck for LibvirtCheck {
     }
 
     fn inactive_xml(&self) -> Result<String, OpError> {
-        self.domain()?
-            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
-            .map_err(|e| not_found(format!("definition of '{}': {}", self.domain, e.message())))
+        self.xml(virt::sys::VIR_DOMAIN_XML_INACTIVE)
     }
 
     fn redefine_disk(&self, target: &str, source: &Path, driver_type: &str) -> Result<(), OpError> {
@@ -445,12 +486,7 @@ impl DomainCheck for LibvirtCheck {
     }
 
     fn nvram(&self) -> Option<PathBuf> {
-        let xml = self
-            .domain()
-            .ok()?
-            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
-            .ok()?;
-        nvram_of(&xml)
+        nvram_of(&self.xml(virt::sys::VIR_DOMAIN_XML_INACTIVE).ok()?)
     }
 
     fn uuid(&self) -> Option<String> {

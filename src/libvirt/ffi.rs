@@ -443,3 +443,53 @@ pub fn checkpoint_names(dom: &virt::domain::Domain) -> Result<Vec<String>, Strin
     }
     Ok(names)
 }
+
+/// Every domain of `conn` with its state and reason, in one call (`virConnectGetAllDomainStats`
+/// with `VIR_DOMAIN_STATS_STATE`; `virt` has no wrapper) instead of one `virDomainGetState`
+/// per domain.
+pub fn all_domain_states(
+    conn: &Connect,
+) -> Result<Vec<(virt::domain::Domain, i32, i32)>, virt::error::Error> {
+    let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: `conn` owns a live reference; `records` is an out-pointer libvirt fills with a
+    // NULL-terminated array it allocates (freed below with virDomainStatsRecordListFree).
+    let n = unsafe {
+        sys::virConnectGetAllDomainStats(
+            conn.as_ptr(),
+            sys::VIR_DOMAIN_STATS_STATE,
+            &mut records,
+            0,
+        )
+    };
+    if n < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n as usize {
+        let (mut state, mut reason): (c_int, c_int) = (-1, -1);
+        // SAFETY: libvirt returned `n` valid record pointers; each record's `params` and
+        // `nparams` describe its typed-parameter array, and the names are NUL-terminated.
+        // The record's domain is a live reference owned by the list: we take a reference of
+        // our own (virDomainRef) before the list is freed, which `Domain` releases on drop.
+        unsafe {
+            let rec = *records.add(i);
+            if rec.is_null() {
+                break;
+            }
+            let (params, nparams) = ((*rec).params, (*rec).nparams);
+            if sys::virTypedParamsGetInt(params, nparams, c"state.state".as_ptr(), &mut state) != 1
+            {
+                continue;
+            }
+            sys::virTypedParamsGetInt(params, nparams, c"state.reason".as_ptr(), &mut reason);
+            if sys::virDomainRef((*rec).dom) < 0 {
+                continue;
+            }
+            out.push((virt::domain::Domain::from_ptr((*rec).dom), state, reason));
+        }
+    }
+    // SAFETY: the array and its records were allocated by libvirt; this frees them and the
+    // list's own domain references only (ours were taken above).
+    unsafe { sys::virDomainStatsRecordListFree(records) };
+    Ok(out)
+}

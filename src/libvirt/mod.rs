@@ -11,7 +11,7 @@ pub mod monitor;
 
 pub use events::{DomainEvent, DomainSnapshot, DomainState, Lifecycle, StateKind, Stopped};
 pub use model::Model;
-pub use monitor::{list_domains, Monitor, MonitorConfig, MonitorEvent};
+pub use monitor::{list_domain_handles, list_domains, Monitor, MonitorConfig, MonitorEvent};
 
 use virt::connect::Connect;
 

@@ -160,16 +160,36 @@ fn close_reason_word(reason: i32) -> String {
 
 /// Lists every domain with its state, as the monitor reports it at connect.
 pub fn list_domains(conn: &Connect) -> Result<Vec<DomainSnapshot>, virt::error::Error> {
+    Ok(list_domain_handles(conn)?
+        .into_iter()
+        .map(|(d, _)| d)
+        .collect())
+}
+
+/// As [`list_domains`], each with its handle (so nothing needs to look it up again).
+pub fn list_domain_handles(
+    conn: &Connect,
+) -> Result<Vec<(DomainSnapshot, virt::domain::Domain)>, virt::error::Error> {
+    // Every state in one call where the driver has it; else one call per domain.
+    let listed: Vec<(virt::domain::Domain, Option<(i32, i32)>)> = match ffi::all_domain_states(conn)
+    {
+        Ok(all) => all.into_iter().map(|(d, s, r)| (d, Some((s, r)))).collect(),
+        Err(_) => conn
+            .list_all_domains(0)?
+            .into_iter()
+            .map(|d| (d, None))
+            .collect(),
+    };
     let mut out = Vec::new();
-    for dom in conn.list_all_domains(0)? {
+    for (dom, known) in listed {
         // A domain can vanish between listing and asking; skip it rather than fail the list.
-        let (Ok(name), Ok(uuid), Ok((state, reason))) =
-            (dom.name(), dom.uuid_string(), ffi::domain_state(&dom))
+        let state = known.map_or_else(|| ffi::domain_state(&dom), Ok);
+        let (Ok(name), Ok(uuid), Ok((state, reason))) = (dom.name(), dom.uuid_string(), state)
         else {
             continue;
         };
         let state = super::events::DomainState::from_raw(state, reason);
-        out.push(DomainSnapshot {
+        let snapshot = DomainSnapshot {
             engine_job: state
                 .kind
                 .is_active()
@@ -178,9 +198,10 @@ pub fn list_domains(conn: &Connect) -> Result<Vec<DomainSnapshot>, virt::error::
             name,
             uuid,
             state,
-        });
+        };
+        out.push((snapshot, dom));
     }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out.sort_by(|a, b| a.0.name.cmp(&b.0.name));
     Ok(out)
 }
 
