@@ -554,36 +554,6 @@ fn x11_real_guest_prompt_commit_forced_warning_and_no_prompt_for_save() {
         .output();
 }
 
-#[test]
-fn without_a_tray_host_it_still_prompts_and_says_how_to_get_a_tray() {
-    let s = Session::start(Kind::X11NoTray);
-    let (_app, hook) = start_app(&s, &["--demo"]);
-    hook.wait("tray-unavailable", Duration::from_secs(20), |v| {
-        v["event"] == "tray-unavailable"
-    });
-    common_wait(
-        || {
-            s.notifications()
-                .contains("AppIndicator and KStatusNotifierItem Support")
-        },
-        "the notification about the tray",
-    );
-    hook.wait("the prompt", Duration::from_secs(30), |v| {
-        is(v, "prompt-mapped", demo::DOMAIN)
-    });
-    click_response(&s, "demo-guest has shut down", "discard");
-    let done = hook.wait("the discard", Duration::from_secs(30), |v| {
-        is(v, "job-done", demo::DOMAIN)
-    });
-    assert_eq!(done["extra"]["op"], "discard");
-    assert_eq!(done["extra"]["ok"], true, "{done}");
-    assert_eq!(
-        hook.count(|v| v["event"] == "tray-unavailable"),
-        1,
-        "said once"
-    );
-}
-
 /// A VM whose changes cannot be committed or discarded is shown with the very sentence
 /// `vmoverlay commit` prints for it, and the status window offers no action for it.
 #[test]

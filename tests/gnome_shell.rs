@@ -12,8 +12,9 @@ use common::desktop::{demo_dir, is, our_item, start_app, Kind, Session};
 use common::guest::{read_image, Behaviour, TestVm};
 use common::images::{changed, checksum, reads_pattern};
 use common::shells::{
-    gnome_click, gnome_click_button, gnome_eval, gnome_tray_icon, gnome_tray_menu,
-    gnome_wait_menu_item, gnome_wait_notification, gnome_wait_window, run_in_session,
+    gnome_click, gnome_click_button, gnome_eval, gnome_expand_banner, gnome_make_room_for_banner,
+    gnome_notifications, gnome_tray_icon, gnome_tray_menu, gnome_wait_menu_item,
+    gnome_wait_notification, gnome_wait_window, run_in_session,
 };
 use common::{bin, testbed_shared};
 use vmoverlay::demo;
@@ -134,18 +135,22 @@ fn gnome_appindicator_menu_discards_and_the_prompt_commits_by_real_clicks() {
 }
 
 /// GNOME as it ships: no StatusNotifierWatcher. The app says once how to get a tray, prompts
-/// when a real guest powers off (Commit by a real click puts its marker in the base), and a
-/// second launch — what the user does from the app grid — opens the status window.
+/// when a real guest powers off, and after "Later" asks in GNOME's own notification, whose
+/// Commit and Discard buttons (real clicks in the shell's banner) really commit and discard;
+/// Discard in the prompt works too, and a second launch — what the user does from the app
+/// grid — opens the status window.
 #[test]
 fn gnome_without_a_tray_prompts_and_a_second_launch_opens_the_status_window() {
+    const MARK: &[u8] = b"GNOME-COMMIT-MARK";
+    const AT: u64 = 3 << 20;
     let t0 = Instant::now();
     let bed = testbed_shared();
     let vm = TestVm::define(
         &bed.uri,
         "vmo-gnome-plain",
         &Behaviour {
-            marker: Some("GNOME-COMMIT-MARK".into()),
-            offset: 3 << 20,
+            marker: Some(String::from_utf8(MARK.to_vec()).unwrap()),
+            offset: AT,
             hold_secs: 0,
         },
     );
@@ -160,7 +165,8 @@ fn gnome_without_a_tray_prompts_and_a_second_launch_opens_the_status_window() {
         v["event"] == "tray-unavailable"
     });
     // GNOME shows, in its own notification, how to get a tray.
-    let note = gnome_wait_notification(&s, "AppIndicator and KStatusNotifierItem Support");
+    const TRAY_HINT: &str = "AppIndicator and KStatusNotifierItem Support";
+    let note = gnome_wait_notification(&s, TRAY_HINT);
     assert_eq!(note["source"], "VM Overlay", "{note}");
     assert_eq!(
         gnome_eval(
@@ -171,22 +177,92 @@ fn gnome_without_a_tray_prompts_and_a_second_launch_opens_the_status_window() {
         "no tray icon anywhere"
     );
 
-    // A guest-initiated power-off: the prompt, and a real click on Commit.
+    let title = "vmo-gnome-plain has shut down";
+    let waiting = "vmo-gnome-plain is waiting for a decision";
+    let job = |what: &str, op: &str, n: usize| {
+        let this = |v: &serde_json::Value| is(v, "job-done", &vm.name) && v["extra"]["op"] == op;
+        hook.wait_count(what, Duration::from_secs(60), n, this);
+        let done = hook.events().into_iter().filter(this).nth(n - 1).unwrap();
+        assert_eq!(done["extra"]["ok"], true, "{done}");
+    };
+    // A guest-initiated power-off (its marker written into the overlay): the prompt, and a
+    // real click on its "Later".
+    let power_off_and_later = |n: usize| {
+        vm.start();
+        hook.wait_count("the prompt", Duration::from_secs(90), n, |v| {
+            is(v, "prompt-mapped", &vm.name)
+        });
+        gnome_wait_window(&s, title);
+        std::thread::sleep(Duration::from_millis(1000)); // its first frame, software-rendered
+        if n == 1 {
+            s.screenshot("gnome-no-tray-prompt.png");
+        }
+        gnome_make_room_for_banner(&s, &vm.name);
+        gnome_click_button(&s, title, "Later");
+        hook.wait_count("the prompt to close", Duration::from_secs(10), n, |v| {
+            is(v, "prompt-closed", &vm.name)
+        });
+        // The question moves to GNOME's message tray, with the VM's three buttons...
+        let note = gnome_wait_notification(&s, waiting);
+        assert_eq!(note["source"], "VM Overlay", "{note}");
+        assert_eq!(
+            note["actions"],
+            serde_json::json!(["Commit", "Discard", "Later"]),
+            "{note}"
+        );
+        // ...which GNOME 43 draws only in the banner: the pointer enters it, it expands.
+        let banner = gnome_expand_banner(&s, waiting);
+        assert_eq!(
+            banner.labels(),
+            ["Commit", "Discard", "Later"],
+            "{banner:?}"
+        );
+        banner
+    };
+
+    // After "Later", Commit in GNOME's notification: the guest's marker is in the base.
+    let banner = power_off_and_later(1);
+    s.screenshot("gnome-no-tray-notification.png");
+    assert_eq!(
+        read_image(&vm.base, AT, MARK.len()),
+        b"\0".repeat(MARK.len())
+    );
+    gnome_click(&s, banner.button("Commit").centre());
+    job("the commit", "commit", 1);
+    assert_eq!(read_image(&vm.base, AT, MARK.len()), MARK);
+    assert_eq!(changed(&vm.overlay), 0);
+    gnome_wait_notification(&s, "vmo-gnome-plain: changes committed");
+    assert!(
+        !gnome_notifications(&s)
+            .iter()
+            .any(|n| n["title"].as_str().is_some_and(|t| t.contains(waiting))),
+        "the question is gone: {:?}",
+        gnome_notifications(&s)
+    );
+
+    // Once more, and Discard in the notification: the overlay is empty again, the base
+    // byte-identical.
+    let base = checksum(&vm.base);
+    let banner = power_off_and_later(2);
+    assert!(changed(&vm.overlay) > 0, "the guest wrote again");
+    gnome_click(&s, banner.button("Discard").centre());
+    job("the discard from the notification", "discard", 1);
+    assert_eq!(changed(&vm.overlay), 0);
+    assert_eq!(checksum(&vm.base), base, "the base is untouched");
+    gnome_wait_notification(&s, "vmo-gnome-plain: changes discarded");
+
+    // And Discard in the prompt itself.
     vm.start();
-    hook.wait("the prompt", Duration::from_secs(90), |v| {
+    hook.wait_count("the third prompt", Duration::from_secs(90), 3, |v| {
         is(v, "prompt-mapped", &vm.name)
     });
-    let title = "vmo-gnome-plain has shut down";
     gnome_wait_window(&s, title);
     std::thread::sleep(Duration::from_millis(1000));
-    s.screenshot("gnome-no-tray-prompt.png");
-    gnome_click_button(&s, title, "Commit");
-    let done = hook.wait("the commit", Duration::from_secs(60), |v| {
-        is(v, "job-done", &vm.name)
-    });
-    assert_eq!(done["extra"]["ok"], true, "{done}");
-    assert_eq!(read_image(&vm.base, 3 << 20, 17), b"GNOME-COMMIT-MARK");
-    gnome_wait_notification(&s, "vmo-gnome-plain: changes committed");
+    assert!(changed(&vm.overlay) > 0, "the guest wrote again");
+    gnome_click_button(&s, title, "Discard");
+    job("the discard from the prompt", "discard", 2);
+    assert_eq!(changed(&vm.overlay), 0);
+    assert_eq!(checksum(&vm.base), base, "the base is untouched");
 
     // Launched again (same arguments, as from the app grid or a terminal): the running
     // instance opens its status window, and the second process exits.
@@ -202,5 +278,11 @@ fn gnome_without_a_tray_prompts_and_a_second_launch_opens_the_status_window() {
     });
     std::thread::sleep(Duration::from_millis(1500));
     s.screenshot("gnome-no-tray-status.png");
+    // How to get a tray was said once, and only once, in all this.
+    assert_eq!(
+        hook.count(|v| v["event"] == "tray-unavailable"),
+        1,
+        "said once"
+    );
     eprintln!("gnome without a tray: {:?}", t0.elapsed());
 }

@@ -272,16 +272,25 @@ pub fn gnome_eval(s: &Session, js: &str) -> Value {
 
 /// A real click (press and release of the primary button) at a point of the screen.
 pub fn gnome_click(s: &Session, (x, y): (f64, f64)) {
+    gnome_pointer(s, &["Click", "ddu", &x.to_string(), &y.to_string(), "1"]);
+}
+
+/// The pointer moves to a point of the screen, without a click (a hover).
+pub fn gnome_hover(s: &Session, (x, y): (f64, f64)) {
+    gnome_pointer(s, &["Move", "dd", &x.to_string(), &y.to_string()]);
+}
+
+fn gnome_pointer(s: &Session, call: &[&str]) {
     let out = s
         .command("busctl")
         .args(["--user", "call"])
         .args(SHELL_BUS)
-        .args(["Click", "ddu", &x.to_string(), &y.to_string(), "1"])
+        .args(call)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "click at {x},{y}: {}",
+        "pointer {call:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -418,6 +427,173 @@ pub fn gnome_notifications(s: &Session) -> Vec<Value> {
         })))"#,
     );
     v.as_array().cloned().unwrap_or_default()
+}
+
+/// GNOME's banner: the one notification shown at the top of the screen, once it is fully
+/// there. GNOME 43 shows a notification's buttons only here, in the expanded banner (its
+/// calendar list has none).
+#[derive(Clone, Debug)]
+pub struct ShellBanner {
+    pub title: String,
+    pub body: String,
+    pub expanded: bool,
+    pub rect: Rect,
+    /// The buttons on screen: label and place.
+    pub buttons: Vec<(String, Rect)>,
+}
+
+impl ShellBanner {
+    pub fn labels(&self) -> Vec<&str> {
+        self.buttons.iter().map(|(l, _)| l.as_str()).collect()
+    }
+
+    pub fn button(&self, label: &str) -> Rect {
+        self.buttons
+            .iter()
+            .find(|(l, _)| l == label)
+            .unwrap_or_else(|| panic!("no button {label:?} in the banner: {self:?}"))
+            .1
+    }
+}
+
+/// The banner as it is now, or None while none is fully shown.
+pub fn gnome_banner(s: &Session) -> Option<ShellBanner> {
+    let v = gnome_eval(
+        s,
+        r#"(() => {
+            const tray = Main.messageTray, b = tray._banner;
+            if (!b || tray._notificationState !== imports.ui.messageTray.State.SHOWN)
+                return null;
+            const rect = a => {
+                const [x, y] = a.get_transformed_position();
+                const [w, h] = a.get_transformed_size();
+                return [x, y, w, h];
+            };
+            const buttons = (b._buttonBox?.get_children() ?? [])
+                .filter(c => c.mapped)
+                .map(c => [c.label, rect(c)]);
+            return [b.notification.title, b.notification.bannerBodyText ?? "",
+                b.expanded, rect(b), buttons];
+        })()"#,
+    );
+    Some(ShellBanner {
+        title: v.get(0)?.as_str()?.to_string(),
+        body: v[1].as_str().unwrap_or_default().to_string(),
+        expanded: v[2].as_bool()?,
+        rect: Rect::from_json(&v[3])?,
+        buttons: v[4]
+            .as_array()?
+            .iter()
+            .filter_map(|b| Some((b[0].as_str()?.to_string(), Rect::from_json(&b[1])?)))
+            .collect(),
+    })
+}
+
+/// Dismisses (as its close button does) the banner and every notification queued for it
+/// whose title does not contain `keep`; returns their titles.
+pub fn gnome_dismiss_banners_except(s: &Session, keep: &str) -> Vec<String> {
+    let v = gnome_eval(
+        s,
+        &format!(
+            r#"(() => {{
+                const tray = Main.messageTray, keep = {};
+                const gone = [tray._banner?.notification, ...tray._notificationQueue]
+                    .filter(n => n && !n.title.includes(keep));
+                gone.forEach(n => n.destroy(
+                    imports.ui.messageTray.NotificationDestroyedReason.DISMISSED));
+                return gone.map(n => n.title);
+            }})()"#,
+            Value::String(keep.into())
+        ),
+    );
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some(t.as_str()?.to_string()))
+        .collect()
+}
+
+/// GNOME 43 gives a new notification a banner only while fewer than three notifications are
+/// shown or waiting for one; the others go straight to the message list, which has no
+/// buttons. When other notifications (other VMs on the shared test bed with pending
+/// decisions) would take that place, dismisses those whose title does not contain `keep`.
+pub fn gnome_make_room_for_banner(s: &Session, keep: &str) {
+    let waiting = gnome_eval(
+        s,
+        "Main.messageTray.queueCount + (Main.messageTray._banner ? 1 : 0)",
+    );
+    if waiting.as_u64().unwrap_or(0) >= 2 {
+        let gone = gnome_dismiss_banners_except(s, keep);
+        eprintln!(
+            "dismissed {} notifications waiting for a banner: {:?}…",
+            gone.len(),
+            &gone[..gone.len().min(3)]
+        );
+    }
+}
+
+/// Waits until the banner shows the notification whose title contains `title`, moves the
+/// pointer onto it (GNOME expands a banner the pointer enters, and keeps it while the pointer
+/// stays), and returns it once its buttons are on screen and stay put.
+///
+/// GNOME shows one banner at a time, the others wait in its queue. One the user has not
+/// touched stays until they do, then for 2 s more: a banner about something else that is
+/// still there after 3 s means a queue (other VMs on the shared test bed with pending
+/// decisions, each with its notification), and those are dismissed.
+pub fn gnome_expand_banner(s: &Session, title: &str) -> ShellBanner {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
+    let mut last: Option<ShellBanner> = None;
+    let mut hovered: Option<Instant> = None;
+    loop {
+        let shown = gnome_banner(s);
+        if shown.as_ref().is_some_and(|b| !b.title.contains(title))
+            && start.elapsed() > Duration::from_secs(3)
+        {
+            let gone = gnome_dismiss_banners_except(s, title);
+            eprintln!(
+                "dismissed {} notifications queued before {title:?}: {:?}…",
+                gone.len(),
+                &gone[..gone.len().min(3)]
+            );
+        }
+        let banner = shown.filter(|b| b.title.contains(title));
+        match &banner {
+            // A banner that popped up under the pointer expands only once the pointer has
+            // left it and come back: so does this one, if a second is not enough.
+            Some(b) if !b.expanded => match hovered {
+                None => {
+                    gnome_hover(s, b.rect.centre());
+                    hovered = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() > Duration::from_secs(1) => {
+                    let (x, y) = b.rect.centre();
+                    gnome_hover(s, (x, y + b.rect.h + 200.0));
+                    hovered = None;
+                }
+                Some(_) => {}
+            },
+            Some(b) => {
+                let on_screen = |r: &Rect| r.w > 0.0 && r.h > 0.0;
+                let settled = last
+                    .as_ref()
+                    .is_some_and(|l| l.expanded && l.rect == b.rect && l.buttons == b.buttons);
+                if settled && !b.buttons.is_empty() && b.buttons.iter().all(|(_, r)| on_screen(r)) {
+                    return b.clone();
+                }
+            }
+            None => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GNOME never showed the banner {title:?} with its buttons; now: {:?}; \
+             the message tray: {:?}",
+            gnome_banner(s),
+            gnome_notifications(s)
+        );
+        last = banner;
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Waits for a notification whose title or body contains `text`.

@@ -1,6 +1,6 @@
 // Tests only (tests/common/shells.rs installs it into a throw-away session): GNOME 43 locks
 // org.gnome.Shell.Eval and org.gnome.Shell.Screenshot, and activating a tray menu item from
-// JavaScript without an input event fails, so the tests get these three methods instead.
+// JavaScript without an input event fails, so the tests get these methods instead.
 // The pointer is a Clutter virtual device: its clicks go through the shell's real input path.
 /* exported init enable disable */
 const { Gio, GLib, Clutter, Shell } = imports.gi;
@@ -13,6 +13,9 @@ const IFACE = `<node><interface name="org.vmoverlay.TestShell">
   <method name="Click">
     <arg type="d" name="x" direction="in"/><arg type="d" name="y" direction="in"/>
     <arg type="u" name="button" direction="in"/>
+  </method>
+  <method name="Move">
+    <arg type="d" name="x" direction="in"/><arg type="d" name="y" direction="in"/>
   </method>
 </interface></node>`;
 
@@ -47,6 +50,11 @@ class TestShell {
         this._pointer.notify_absolute_motion(now, x, y);
         this._pointer.notify_button(now + 1000, button, Clutter.ButtonState.PRESSED);
         this._pointer.notify_button(now + 2000, button, Clutter.ButtonState.RELEASED);
+    }
+
+    // The pointer moves there without a click (hovering a banner expands it).
+    Move(x, y) {
+        this._pointer.notify_absolute_motion(GLib.get_monotonic_time(), x, y);
     }
 }
 
