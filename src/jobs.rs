@@ -100,19 +100,21 @@ pub fn find_to_look(
     found_with(ctx, ctx.check(conn, uri, vm).inspecting(inactive), vm)
 }
 
-/// As [`find_to_look`], for a domain just listed with its handle (`status`).
+/// As [`find_to_look`], for a domain just listed with its handle and what `kept` says it
+/// has (`status`).
 pub fn find_listed(
     ctx: &Context,
     conn: &Connect,
     uri: &str,
-    listed: &crate::libvirt::DomainSnapshot,
-    handle: virt::domain::Domain,
+    (listed, handle): (&crate::libvirt::DomainSnapshot, virt::domain::Domain),
+    kept: &domains::KeptState,
 ) -> Result<Found, OpError> {
     let inactive = !listed.state.kind.is_active();
     let check = ctx
         .check(conn, uri, &listed.name)
         .inspecting(inactive)
-        .with_handle(handle);
+        .with_handle(handle)
+        .with_listed_state(kept, &listed.uuid);
     found_with(ctx, check, &listed.name)
 }
 

@@ -33,9 +33,9 @@ struct DomainReport {
 }
 
 /// Maps `f` over `items` on a few threads, keeping the order. Looking at a domain waits on
-/// libvirt's round trips (four per domain: its definition, read once, its managed save,
-/// snapshots and checkpoints; every state comes in one call, with the handles), so a few
-/// workers beat one even on two cores.
+/// libvirt's round trips (one per domain, its definition; states, handles, managed saves,
+/// snapshots and checkpoints come from a few listings of all domains), so a few workers beat
+/// one even on two cores.
 fn par_map<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -> Vec<R> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get() * 2);
     let queue = std::sync::Mutex::new(items.into_iter().enumerate());
@@ -63,8 +63,9 @@ fn report(
     conn: &Connect,
     uri: &str,
     (d, handle): (libvirt::DomainSnapshot, virt::domain::Domain),
+    kept: &libvirt::domains::KeptState,
 ) -> DomainReport {
-    let found = jobs::find_listed(ctx, conn, uri, &d, handle);
+    let found = jobs::find_listed(ctx, conn, uri, (&d, handle), kept);
     let (disks, blocked, discard_blocked, adoptable) = match found {
         Err(e) => (Err(e), None, None, Vec::new()),
         Ok(found) => {
@@ -216,7 +217,9 @@ pub fn run(ctx: &Context, uris: &[String], only: Option<&str>, as_json: bool) ->
             }
         };
         domains.retain(|(d, _)| only.is_none_or(|name| name == d.name));
-        rows.extend(par_map(domains, |d| report(&ctx, conn, uri, d)));
+        // Which domains have a managed save, snapshots or checkpoints: one listing each.
+        let kept = libvirt::domains::KeptState::list(conn);
+        rows.extend(par_map(domains, |d| report(&ctx, conn, uri, d, &kept)));
     }
     if let (Some(name), true) = (only, rows.is_empty()) {
         return not_found(name, uris);
