@@ -588,9 +588,13 @@ impl ImageEngine for LibvirtEngine {
             sys::VIR_DOMAIN_BLOCK_COMMIT_ACTIVE,
         )?;
         // Events arrive where glib's default context runs (the app, `watch`); the job info
-        // gives the progress, and readiness where nobody runs that loop.
+        // gives the progress, and readiness where nobody runs that loop. It is asked often at
+        // first (a small commit is ready within milliseconds), then every 200 ms.
+        let mut wait = Duration::from_millis(5);
         loop {
-            match rx.recv_timeout(Duration::from_millis(200)) {
+            let waited = rx.recv_timeout(wait);
+            wait = (wait * 2).min(Duration::from_millis(200));
+            match waited {
                 Ok(JOB_READY) => break,
                 Ok(status @ (JOB_COMPLETED | JOB_FAILED | JOB_CANCELED)) => {
                     return Err(format!(
