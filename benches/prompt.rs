@@ -400,7 +400,10 @@ fn main() {
         "| idle {idle} s, no VM running, no window | CPU per minute | processes spawned | wakeups per minute |"
     );
     println!("|---|---|---|---|");
-    let wakeups: u64 = sw1.values().sum::<u64>() - sw0.values().sum::<u64>();
+    // Per thread name, over the threads alive at both ends (a worker that ended meanwhile
+    // would make a plain difference of the sums wrap around).
+    let per_thread = |name: &String, n: &u64| n.saturating_sub(sw0.get(name).copied().unwrap_or(0));
+    let wakeups: u64 = sw1.iter().map(|(k, v)| per_thread(k, v)).sum();
     println!(
         "| VM Overlay (app, tray, monitor) | {:.1} ms | {}{} | {:.0} |",
         ((cpu1 - cpu0) + (ccpu1 - ccpu0)) * 1e3 / minutes,
@@ -421,8 +424,7 @@ fn main() {
     println!("| VM Overlay thread (idle) | wakeups per minute |");
     println!("|---|---|");
     for (name, n) in &sw1 {
-        let d = n - sw0.get(name).copied().unwrap_or(0);
-        println!("| {name} | {:.0} |", d as f64 / minutes);
+        println!("| {name} | {:.0} |", per_thread(name, n) as f64 / minutes);
     }
     drop(events);
 }

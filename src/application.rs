@@ -276,42 +276,38 @@ impl Application {
             })
             .build();
         // "Make disposable…" and "Stop being disposable…" ask first; their answers act.
-        let adopt = gio::ActionEntry::builder("adopt")
-            .parameter_type(Some(VmKey::target_type()))
-            .activate(|app: &Self, _, target| {
-                if let Some(key) = target.and_then(VmKey::from_target) {
-                    crate::ui::confirm::adopt(app.upcast_ref(), &key);
-                }
+        // An action with the VM as target.
+        let key_action = |name: &str, f: fn(&Self, VmKey)| {
+            gio::ActionEntry::builder(name)
+                .parameter_type(Some(VmKey::target_type()))
+                .activate(move |app: &Self, _, target| {
+                    if let Some(key) = target.and_then(VmKey::from_target) {
+                        f(app, key);
+                    }
+                })
+                .build()
+        };
+        let adopt = key_action("adopt", |app, key| {
+            crate::ui::confirm::adopt(app.upcast_ref(), &key)
+        });
+        let release = key_action("release", |app, key| {
+            let changed = app
+                .imp()
+                .machine
+                .borrow()
+                .vms
+                .get(&key)
+                .and_then(|vm| vm.changed)
+                .unwrap_or(0);
+            crate::ui::confirm::release(app.upcast_ref(), &key, changed);
+        });
+        let make_disposable = key_action("make-disposable", |app, key| {
+            app.input(Input::ChangeChosen {
+                key,
+                change: crate::overlay::disposable::Change::Adopt,
+                changes: None,
             })
-            .build();
-        let release = gio::ActionEntry::builder("release")
-            .parameter_type(Some(VmKey::target_type()))
-            .activate(|app: &Self, _, target| {
-                if let Some(key) = target.and_then(VmKey::from_target) {
-                    let changed = app
-                        .imp()
-                        .machine
-                        .borrow()
-                        .vms
-                        .get(&key)
-                        .and_then(|vm| vm.changed)
-                        .unwrap_or(0);
-                    crate::ui::confirm::release(app.upcast_ref(), &key, changed);
-                }
-            })
-            .build();
-        let make_disposable = gio::ActionEntry::builder("make-disposable")
-            .parameter_type(Some(VmKey::target_type()))
-            .activate(|app: &Self, _, target| {
-                if let Some(key) = target.and_then(VmKey::from_target) {
-                    app.input(Input::ChangeChosen {
-                        key,
-                        change: crate::overlay::disposable::Change::Adopt,
-                        changes: None,
-                    });
-                }
-            })
-            .build();
+        });
         let stop_disposable = gio::ActionEntry::builder("stop-disposable")
             .parameter_type(Some(glib::VariantTy::new("(sss)").expect("a type string")))
             .activate(|app: &Self, _, target| {
@@ -332,22 +328,8 @@ impl Application {
                 });
             })
             .build();
-        let undo = gio::ActionEntry::builder("undo")
-            .parameter_type(Some(VmKey::target_type()))
-            .activate(|app: &Self, _, target| {
-                if let Some(key) = target.and_then(VmKey::from_target) {
-                    app.undo(key);
-                }
-            })
-            .build();
-        let history = gio::ActionEntry::builder("history")
-            .parameter_type(Some(VmKey::target_type()))
-            .activate(|app: &Self, _, target| {
-                if let Some(key) = target.and_then(VmKey::from_target) {
-                    app.show_history(&key);
-                }
-            })
-            .build();
+        let undo = key_action("undo", |app, key| app.undo(key));
+        let history = key_action("history", |app, key| app.show_history(&key));
         let revision = |name: &str, ty: &str, f: fn(&Self, &glib::Variant)| {
             gio::ActionEntry::builder(name)
                 .parameter_type(Some(glib::VariantTy::new(ty).expect("a type string")))

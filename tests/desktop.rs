@@ -698,12 +698,7 @@ fn x11_notification_buttons_commit_and_discard_and_the_prompt_withdraws_them() {
         "the found VM's notification",
         "vmo-nt-found is waiting for a decision",
     );
-    let actions: Vec<String> = n[5]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let actions = common::desktop::notify_actions(&n);
     for (key, label) in [
         ("app.commit", "Commit"),
         ("app.discard", "Discard"),

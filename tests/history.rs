@@ -87,6 +87,18 @@ fn check_base(base: &Path) {
     );
 }
 
+/// The history holds one revision, a commit's, whose snapshot is the base's only one, and the
+/// base passes `qemu-img check`.
+fn assert_one_commit_revision(state: &Path, uri: &str, vm: &StateVm) {
+    let list = history(state, uri, &vm.name);
+    assert_eq!(kinds(&list), ["commit"], "{list:?}");
+    assert_eq!(
+        base_snapshots(&vm.base),
+        [format!("vmoverlay-{}", ids(&list)[0])]
+    );
+    check_base(&vm.base);
+}
+
 fn allocated(path: &Path) -> u64 {
     std::fs::metadata(path).unwrap().blocks() * 512
 }
@@ -614,13 +626,7 @@ fn a_machine_crash_during_an_unordered_commit_is_undone_from_its_revision() {
             crashed,
             "the base was rolled back to the revision only after a crash"
         );
-        let list = history(s, &bed.uri, &vm.name);
-        assert_eq!(kinds(&list), ["commit"], "{list:?}");
-        assert_eq!(
-            base_snapshots(&vm.base),
-            [format!("vmoverlay-{}", ids(&list)[0])]
-        );
-        check_base(&vm.base);
+        assert_one_commit_revision(s, &bed.uri, &vm);
     }
 }
 
@@ -647,13 +653,7 @@ fn a_kill_during_revision_taking_rollback_and_expiry_loses_nothing() {
     assert!(journal_empty(s));
     assert_eq!(changed(&vm.overlay), 0);
     assert!(reads_pattern(&vm.base, 0x5a, "0", "1M"));
-    let list = history(s, &bed.uri, &vm.name);
-    assert_eq!(kinds(&list), ["commit"], "{list:?}");
-    assert_eq!(
-        base_snapshots(&vm.base),
-        [format!("vmoverlay-{}", ids(&list)[0])]
-    );
-    check_base(&vm.base);
+    assert_one_commit_revision(s, &bed.uri, &vm);
 
     // Rolling back, killed while recording the state left, then while applying.
     for point in ["history-rollback-record", "history-rollback-apply"] {

@@ -104,12 +104,7 @@ fn x11_undo_from_the_notification_and_the_history_window_acts() {
         "the commit's notification",
         "vmo-app-undo: changes committed",
     );
-    let actions: Vec<String> = n[5]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    let actions = common::desktop::notify_actions(&n);
     let i = actions
         .iter()
         .position(|a| a.starts_with("app.undo") && a.contains("vmo-app-undo"))

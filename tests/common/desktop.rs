@@ -781,6 +781,18 @@ pub fn labels(layout: &Value) -> Vec<String> {
     out
 }
 
+/// The actions of a `Notify` call (as `BusMonitor::wait_notify` returns it): key, label, …
+pub fn notify_actions(notify: &Value) -> Vec<String> {
+    notify[5]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Messages of the notification server's D-Bus traffic, as `busctl monitor` decoded them.
 pub struct BusMonitor {
     child: Child,
