@@ -759,6 +759,10 @@ pub fn plan_release(
     let disks = chosen_disks(vm, &found.disks, only)?;
     found.check.ensure_inactive()?;
     found.check.ensure_no_saved_state()?;
+    // Refused before any commit or discard: the release would end a history with pins.
+    for d in &disks {
+        history::ensure_none_pinned(vm, d, &ctx.journal)?;
+    }
     let mut pending = false;
     for d in &disks {
         if ops::changed_bytes(d, &found.check)? > 0 {

@@ -342,6 +342,48 @@ fn undo_takes_back_the_last_operation_while_nothing_happened_since() {
     refused("history off");
 }
 
+/// Stopping being disposable ends the disk's history: refused while a revision is pinned
+/// (exit 19, nothing changed); once unpinned, the release deletes every revision, so the image
+/// the VM now uses directly keeps none of VM Overlay's snapshots, the kept overlays are gone,
+/// and the VM can be made disposable again.
+#[test]
+fn release_ends_the_history_and_is_refused_while_a_revision_is_pinned() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let s = state.path();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-hist-release");
+    ok(s, &bed.uri, &["commit", &vm.name, "--yes"]);
+    qemu_io(&vm.overlay, &["write -P 0x66 2M 1M"]);
+    ok(s, &bed.uri, &["discard", &vm.name, "--yes"]);
+    let list = history(s, &bed.uri, &vm.name);
+    assert_eq!(kinds(&list), ["discard", "commit"], "{list:?}");
+    let kept_dir = vm.overlay.parent().unwrap().join(".vmoverlay-history");
+    assert!(kept_dir.read_dir().unwrap().count() > 0, "a kept overlay");
+    let commit_rev = ids(&list)[1].to_string();
+    ok(s, &bed.uri, &["pin", &vm.name, &commit_rev]);
+
+    let recapture = || capture(&bed.uri, &[&vm.name], &[vm.dir.path()]);
+    let before = recapture();
+    let ran = vmoverlay(s, &["release", &vm.name, "--yes", "--connect", &bed.uri]);
+    assert_eq!(ran.code, 19, "{ran:?}");
+    assert!(ran.stderr.contains("pinned"), "{ran:?}");
+    assert!(ran.stderr.contains("Nothing was changed"), "{ran:?}");
+    assert_unchanged("refused release", &before, &recapture());
+
+    ok(s, &bed.uri, &["unpin", &vm.name, &commit_rev]);
+    ok(s, &bed.uri, &["release", &vm.name, "--yes"]);
+    assert!(
+        base_snapshots(&vm.base).is_empty(),
+        "no revision left in the image"
+    );
+    check_base(&vm.base);
+    assert!(!kept_dir.exists(), "the kept overlays are gone");
+    assert!(reads_pattern(&vm.base, 0x5a, "0", "1M"), "the commit stays");
+    assert!(journal_empty(s));
+    // An image with internal snapshots could not be adopted: this one can.
+    ok(s, &bed.uri, &["adopt", &vm.name, "--yes"]);
+}
+
 fn commit_n(s: &Path, uri: &str, vm: &StateVm, n: usize, pattern_base: u8) {
     for i in 0..n {
         qemu_io(

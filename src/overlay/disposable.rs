@@ -360,6 +360,8 @@ pub fn release(
             disk: disk.target.clone(),
         });
     }
+    // The VM will use its base directly: none of VM Overlay's revisions may stay in it.
+    super::history::end(uri, vm, disk, check, journal)?;
     journal.ensure_room()?;
     let mut rec = ChangeRecord {
         change: Change::Release,

@@ -212,6 +212,12 @@ pub enum OpError {
     NothingToUndo {
         vm: String,
     },
+    /// Stopping being disposable ends a disk's history, and some of its revisions are pinned.
+    PinnedRevisions {
+        vm: String,
+        disk: String,
+        ids: String,
+    },
     /// A rollback or an expiry failed after it started writing. `data` says where things are.
     HistoryFailed {
         overlay: PathBuf,
@@ -264,6 +270,7 @@ impl OpError {
             Self::NoSuchRevision { .. } | Self::NothingToUndo { .. } => 3,
             Self::HistoryUnsupported { .. } => 17,
             Self::RevisionStale { .. } => 18,
+            Self::PinnedRevisions { .. } => 19,
             Self::NotFound { .. } | Self::NoSuchDisk { .. } => 3,
             Self::DiskNotManaged { .. } | Self::NoManagedDisk { .. } | Self::BaseChanged { .. } => {
                 4
@@ -357,6 +364,7 @@ impl std::fmt::Display for OpError {
             Self::ReleaseWithChanges { vm, disk } => tr_f("disk {disk} of {vm} has changes that are neither committed nor discarded. Nothing was changed. Say which with --commit or --discard.", &[("disk", disk), ("vm", vm)]),
             Self::HistoryUnsupported { vm, disk, why } => tr_f("disk {disk} of {vm} keeps no history: {why}. Nothing was changed.", &[("disk", disk), ("vm", vm), ("why", why)]),
             Self::NoSuchRevision { vm, revision } => tr_f("{vm} has no revision {revision} (see `vmoverlay history {vm}`). Nothing was changed.", &[("vm", vm), ("revision", &revision.to_string())]),
+            Self::PinnedRevisions { vm, disk, ids } => tr_f("disk {disk} of {vm} has pinned revisions ({ids}); once it is no longer disposable its history ends and they would be deleted. Nothing was changed. Roll back to one first, or unpin them (`vmoverlay unpin {vm} REVISION`).", &[("disk", disk), ("vm", vm), ("ids", ids)]),
             Self::NothingToUndo { vm } => tr_f("{vm} has nothing to undo: its last commit, discard or rollback kept no revision, or the VM has changed since (see `vmoverlay history {vm}` to roll back to any revision). Nothing was changed.", &[("vm", vm)]),
             Self::RevisionStale { vm, revision } => tr_f("revision {revision} of {vm} holds changes written over an earlier state of its base, which has changed since; they would no longer read as they did. Nothing was changed. Roll back to the revision taken before that change first.", &[("vm", vm), ("revision", &revision.to_string())]),
             Self::HistoryFailed { overlay, detail, data } => tr_f("The history operation on {overlay} failed: {detail}. {data}", &[("overlay", &p(overlay)), ("detail", detail), ("data", data)]),

@@ -850,6 +850,71 @@ pub fn rollback(
     Ok(leave)
 }
 
+/// Refuses if `disk` has pinned revisions, which ending its history would delete.
+pub fn ensure_none_pinned(vm: &str, disk: &ManagedDisk, journal: &Journal) -> Result<(), OpError> {
+    if unsupported(disk).is_some() {
+        return Ok(());
+    }
+    let h = Store::beside(journal)
+        .load(disk)
+        .map_err(|e| OpError::NotFound { what: io(e) })?;
+    let pinned: Vec<String> = h
+        .ready()
+        .filter(|r| r.pinned)
+        .map(|r| r.id.to_string())
+        .collect();
+    if pinned.is_empty() {
+        Ok(())
+    } else {
+        Err(OpError::PinnedRevisions {
+            vm: vm.to_string(),
+            disk: disk.target.clone(),
+            ids: pinned.join(", "),
+        })
+    }
+}
+
+/// Ends `disk`'s history before it stops being disposable (`release`): every revision expires
+/// (journaled, as `keep 0` would), so the image the VM then uses directly keeps none of VM
+/// Overlay's snapshots and the kept overlays are gone; then the history's own files. Refused
+/// while revisions are pinned. Returns how many revisions expired.
+pub fn end(
+    uri: &str,
+    vm: &str,
+    disk: &ManagedDisk,
+    check: &dyn DomainCheck,
+    journal: &Journal,
+) -> Result<usize, OpError> {
+    if unsupported(disk).is_some() {
+        return Ok(0);
+    }
+    ensure_none_pinned(vm, disk, journal)?;
+    let store = Store::beside(journal);
+    if !store.path_for(&disk.overlay).exists() {
+        return Ok(0);
+    }
+    set_keep(journal, disk, 0).map_err(|e| OpError::NotWritable {
+        what: store.path_for(&disk.overlay).display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let n = expire_now(uri, vm, disk, check, journal)?;
+    let path = store.path_for(&disk.overlay);
+    for f in [path.clone(), path.with_extension("lock")] {
+        if let Err(e) = fs::remove_file(&f) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("{}: {e}", f.display());
+            }
+        }
+    }
+    // The folder of kept overlays, if nothing else is kept there.
+    let _ = fs::remove_dir(
+        kept_path(&disk.overlay, 0)
+            .parent()
+            .unwrap_or(Path::new("/")),
+    );
+    Ok(n)
+}
+
 /// Expires revisions of `disk` now, journaled (`vmoverlay keep`). Refused like a commit when
 /// the images are in use.
 pub fn expire_now(

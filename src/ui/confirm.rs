@@ -61,13 +61,17 @@ pub fn adopt(app: &adw::Application, key: &VmKey) {
 /// "Stop being disposable…": what happens to pending changes first, then the release.
 pub fn release(app: &adw::Application, key: &VmKey, changed: u64) {
     let heading = tr_f("Stop making {vm} disposable?", &[("vm", &key.name)]);
+    let history = tr("Its history (the earlier states kept for Undo and Roll Back) is deleted.");
     let d = if changed > 0 {
         let d = dialog(
             app,
             &heading,
-            &tr_f(
-                "It has {size} of changes that are neither committed nor discarded. Afterwards its disks use their base images directly, and their overlays are removed.",
-                &[("size", &human_bytes(changed))],
+            &format!(
+                "{} {history}",
+                tr_f(
+                    "It has {size} of changes that are neither committed nor discarded. Afterwards its disks use their base images directly, and their overlays are removed.",
+                    &[("size", &human_bytes(changed))],
+                )
             ),
         );
         d.add_responses(&[
@@ -81,7 +85,10 @@ pub fn release(app: &adw::Application, key: &VmKey, changed: u64) {
         let d = dialog(
             app,
             &heading,
-            &tr("Its disks will use their base images directly, and their empty overlays are removed."),
+            &format!(
+                "{} {history}",
+                tr("Its disks will use their base images directly, and their empty overlays are removed.")
+            ),
         );
         d.add_responses(&[
             ("cancel", &tr("_Cancel")),
