@@ -204,7 +204,7 @@ fn scenario(app: &adw::Application, hook: &Hook) {
     let win = StatusWindow::new(app);
     assert_eq!(win.title().as_deref(), Some("VM Overlay"));
     assert!(win.hides_on_close());
-    assert_eq!(win.default_size(), (640, 420));
+    assert_eq!(win.default_size(), (760, 420));
     win.present();
     spin_until("the window to be mapped", || win.is_mapped());
     let list = descendants::<gtk::ListBox>(&win)
