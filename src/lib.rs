@@ -7,11 +7,12 @@
 //!
 //! - [`application`]: the `adw::Application` subclass; owns everything the desktop app runs;
 //! - [`cli`]: the scriptable subcommands (`status`, `watch`, `commit`, `discard`, `adopt`,
-//!   `release`, and history: `history`, `rollback`, `pin`, `unpin`, `keep`);
+//!   `release`, and history: `history`, `rollback`, `undo`, `pin`, `unpin`, `keep`);
 //! - [`jobs`]: the one operation pipeline the CLI and the application share (plan, run,
 //!   recover, record);
 //! - [`machine`]: the pure state machine of the desktop app (events and choices in, effects out);
-//! - [`ui`]: widgets only (the prompt, the status window) and notification sentences;
+//! - [`ui`]: widgets only (the prompt, the status window, a VM's history window, the
+//!   confirmations) and notification sentences;
 //! - [`tray`]: the StatusNotifierItem (ksni), plain state and a sender;
 //! - [`demo`]: `--demo`, a guest on libvirt's test driver with real images;
 //! - [`autostart`]: start at login (an XDG autostart entry, or the Background portal);
