@@ -414,9 +414,7 @@ pub fn assess_found(ctx: &Context, vm: &str, found: &Found) -> Assessment {
             })
         }
     };
-    let undo = disks
-        .iter()
-        .any(|d| history::undo_point(&ctx.journal, d).is_some());
+    let undo = undo_points(ctx, &disks).is_some();
     Assessment {
         changed: Some(changed),
         blocked,
@@ -490,6 +488,8 @@ fn run_disks(
     progress: &mut dyn FnMut(&str, Progress),
 ) -> Result<Done, OpError> {
     let mut outcomes = Vec::new();
+    // Undo takes back this operation, on every disk it completed on.
+    let group = history::new_group();
     for (req, _) in &plan.disks {
         let check = ctx.check(&plan.conn, &plan.uri, &plan.vm);
         let target = req.disk.target.clone();
@@ -503,6 +503,7 @@ fn run_disks(
         match result {
             Ok(o) => {
                 record(&ctx.journal, &o, &req.disk.base);
+                history::set_undo_group(&ctx.journal, &req.disk, &group);
                 outcomes.push(o);
             }
             Err(e) => {
@@ -512,10 +513,8 @@ fn run_disks(
             }
         }
     }
-    let undo = plan
-        .disks
-        .iter()
-        .any(|(req, _)| history::undo_point(&ctx.journal, &req.disk).is_some());
+    let disks: Vec<ManagedDisk> = plan.disks.iter().map(|(r, _)| r.disk.clone()).collect();
+    let undo = undo_points(ctx, &disks).is_some();
     Ok(Done {
         op: plan.op,
         outcomes,
@@ -880,9 +879,7 @@ pub fn vm_history(
     entries.sort_by(|a, b| {
         (b.revision.time.as_str(), b.revision.id).cmp(&(a.revision.time.as_str(), a.revision.id))
     });
-    let undo = disks
-        .iter()
-        .any(|d| history::undo_point(&ctx.journal, d).is_some());
+    let undo = undo_points(ctx, &disks).is_some();
     Ok(VmHistory {
         entries,
         disks: histories,
@@ -921,6 +918,22 @@ pub fn disk_with_revision(
     }
 }
 
+/// What Undo would take `disks` (a VM's) back to: the disks of the VM's last operation (the
+/// newest undo group among them), each to its undo point, if every one of them still has it
+/// (nothing happened since on any). Disks of earlier operations are left alone.
+fn undo_points(ctx: &Context, disks: &[ManagedDisk]) -> Option<Vec<(ManagedDisk, u64)>> {
+    let stored: Vec<(&ManagedDisk, Option<String>, Option<u64>)> = disks
+        .iter()
+        .filter_map(|d| history::stored_undo(&ctx.journal, d).map(|(g, p)| (d, g, p)))
+        .collect();
+    let newest = stored.iter().map(|(_, g, _)| g.clone()).max()?;
+    stored
+        .into_iter()
+        .filter(|(_, g, _)| *g == newest)
+        .map(|(d, _, p)| p.map(|id| (d.clone(), id)))
+        .collect()
+}
+
 /// One disk taken back by [`undo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Undone {
@@ -935,20 +948,18 @@ pub struct Undone {
 /// shared; `NothingToUndo` when no disk has one. Blocking.
 pub fn undo(ctx: &Context, conn: &Connect, uri: &str, vm: &str) -> Result<Vec<Undone>, OpError> {
     let (found, disks) = history_disks(ctx, conn, uri, vm, None)?;
-    let points: Vec<(ManagedDisk, u64)> = disks
-        .into_iter()
-        .filter_map(|d| history::undo_point(&ctx.journal, &d).map(|id| (d, id)))
-        .collect();
-    if points.is_empty() {
+    let Some(points) = undo_points(ctx, &disks) else {
         return Err(OpError::NothingToUndo { vm: vm.to_string() });
-    }
+    };
     // Every disk is checked before the first one is written.
     for (disk, id) in &points {
         history::preflight_rollback(vm, disk, *id, &found.check, &ctx.journal)?;
     }
     let mut undone = Vec::new();
+    let group = history::new_group();
     for (disk, id) in points {
         let left = rollback(ctx, &found, uri, vm, &disk, id)?;
+        history::set_undo_group(&ctx.journal, &disk, &group);
         undone.push(Undone {
             disk: disk.target.clone(),
             revision: id,

@@ -384,6 +384,58 @@ fn release_ends_the_history_and_is_refused_while_a_revision_is_pinned() {
     ok(s, &bed.uri, &["adopt", &vm.name, "--yes"]);
 }
 
+/// A VM's Undo takes back its last operation only: after a commit of both disks, then of one
+/// (`--disk vda`), Undo rolls back vda's second commit and leaves vdb's commit alone.
+#[test]
+fn undo_takes_back_only_the_disks_of_the_last_operation() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let s = state.path();
+    let vm = StateVm::shut_off(&bed.uri, "vmo-hist-undo-disks");
+    let (base_b, overlay_b) = (
+        vm.dir.path().join("b.qcow2"),
+        vm.dir.path().join("b.ov.qcow2"),
+    );
+    create_base(&base_b, "16M");
+    create_overlay(&overlay_b, "b.qcow2");
+    qemu_io(&overlay_b, &["write -P 0x21 0 1M"]);
+    vm.edit_xml(|xml| {
+        xml.replacen(
+            "</disk>",
+            &format!(
+                "</disk>\n    <disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2'/>\n      \
+                 <source file='{}'/>\n      <target dev='vdb' bus='virtio'/>\n    </disk>",
+                overlay_b.display()
+            ),
+            1,
+        )
+    });
+    ok(s, &bed.uri, &["commit", &vm.name, "--yes"]);
+    assert!(reads_pattern(&base_b, 0x21, "0", "1M"));
+    qemu_io(&vm.overlay, &["write -P 0x22 2M 1M"]);
+    ok(s, &bed.uri, &["commit", &vm.name, "--disk", "vda", "--yes"]);
+    assert!(reads_pattern(&vm.base, 0x22, "2M", "1M"));
+
+    let ran = ok(s, &bed.uri, &["undo", &vm.name, "--yes"]);
+    assert!(ran.stdout.contains("vda"), "{ran:?}");
+    assert!(
+        !ran.stdout.contains("vdb"),
+        "vdb was not part of it: {ran:?}"
+    );
+    assert!(
+        reads_pattern(&vm.base, 0x00, "2M", "1M"),
+        "vda's second commit undone"
+    );
+    assert!(
+        reads_pattern(&vm.base, 0x5a, "0", "1M"),
+        "vda's first commit stays"
+    );
+    assert!(
+        reads_pattern(&base_b, 0x21, "0", "1M"),
+        "vdb's commit stays"
+    );
+}
+
 fn commit_n(s: &Path, uri: &str, vm: &StateVm, n: usize, pattern_base: u8) {
     for i in 0..n {
         qemu_io(

@@ -151,6 +151,41 @@ pub struct DiskHistory {
 pub struct UndoPoint {
     pub revision: u64,
     pub overlay: Option<Stamp>,
+    /// The operation on the whole VM it belongs to (RFC 3339 with nanoseconds, so newer sorts
+    /// later): a VM's Undo takes back only its last operation's disks.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// A new operation group (see [`UndoPoint::group`]).
+pub fn new_group() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+/// Marks `disk`'s undo point as part of operation `group`.
+pub fn set_undo_group(journal: &Journal, disk: &ManagedDisk, group: &str) {
+    if unsupported(disk).is_some() {
+        return;
+    }
+    let r = Store::beside(journal).update(disk, |h| {
+        if let Some(u) = h.undo.as_mut() {
+            u.group = Some(group.to_string());
+        }
+    });
+    if let Err(e) = r {
+        log::warn!("{}: {e}", disk.overlay.display());
+    }
+}
+
+/// `disk`'s stored undo point, if any: its group, and the revision Undo would go back to now
+/// (`None` once something happened since, see [`undo_point`]).
+pub fn stored_undo(journal: &Journal, disk: &ManagedDisk) -> Option<(Option<String>, Option<u64>)> {
+    if unsupported(disk).is_some() {
+        return None;
+    }
+    let h = Store::beside(journal).load(disk).ok()?;
+    let group = h.undo.as_ref()?.group.clone();
+    Some((group, undo_point(journal, disk)))
 }
 
 impl DiskHistory {
@@ -502,6 +537,7 @@ pub fn operation_done(journal: &Journal, rec: &Record) {
             .map(|r| UndoPoint {
                 revision: r.id,
                 overlay: Stamp::of(&h.overlay).ok(),
+                group: None,
             });
         h.undo = undo;
     });
@@ -843,6 +879,7 @@ pub fn rollback(
     let undo = UndoPoint {
         revision: leave,
         overlay: Stamp::of(&disk.overlay).ok(),
+        group: Some(new_group()),
     };
     if let Err(e) = Store::beside(journal).update(disk, |h| h.undo = Some(undo)) {
         log::warn!("{}: {e}", disk.overlay.display());
