@@ -20,7 +20,7 @@ use crate::i18n::{tr, tr_f};
 use crate::jobs::{self, Context, Event};
 use crate::libvirt::{Monitor, MonitorConfig};
 use crate::machine::{Choice, Effect, Input, InspectReason, Inspection, Policy, VmKey};
-use crate::overlay::Progress;
+use crate::overlay::{OpError, Progress};
 use crate::tray::{TrayAction, TrayState, TrayVm, VmTray};
 use crate::ui::history::{HistoryWindow, View};
 use crate::ui::{prompt, status};
@@ -489,19 +489,16 @@ impl Application {
         });
     }
 
-    /// Runs an undo or a rollback off the main loop; its result is a notification, and the
-    /// VM and its history are looked at again.
-    fn history_job(
+    /// Runs `work` on `key`'s connection off the main loop, then `done` with its result on
+    /// it (a panic in `work` becomes an error that says what was being done).
+    fn on_vm<T: Send + 'static>(
         &self,
         key: VmKey,
         what: &'static str,
-        work: impl FnOnce(
-                &Context,
-                &virt::connect::Connect,
-                &VmKey,
-            ) -> Result<Vec<jobs::Undone>, crate::overlay::OpError>
+        work: impl FnOnce(&Context, &virt::connect::Connect, &VmKey) -> Result<T, OpError>
             + Send
             + 'static,
+        done: impl FnOnce(&Self, VmKey, Result<T, OpError>) + 'static,
     ) {
         let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
         glib::spawn_future_local(glib::clone!(
@@ -515,32 +512,47 @@ impl Application {
                 })
                 .await
                 .unwrap_or_else(|_| {
-                    Err(crate::overlay::OpError::NotFound {
-                        what: format!("the {what} panicked"),
+                    Err(OpError::NotFound {
+                        what: format!("{what} panicked"),
                     })
                 });
-                hook::emit(
-                    "history-done",
-                    &key,
-                    serde_json::json!({
-                        "action": what,
-                        "ok": result.is_ok(),
-                        "result": match &result {
-                            Ok(u) => u.iter().map(|u| serde_json::json!({
-                                "disk": u.disk, "revision": u.revision, "left": u.left,
-                            })).collect(),
-                            Err(e) => serde_json::json!(e.to_string()),
-                        },
-                    }),
-                );
-                app.notify(crate::ui::notice::rolled_back(&key, &result));
-                app.effect(Effect::Inspect {
-                    key: key.clone(),
-                    reason: InspectReason::Refresh,
-                });
-                app.reload_history(&key);
+                done(&app, key, result);
             }
         ));
+    }
+
+    /// Runs an undo or a rollback off the main loop; its result is a notification, and the
+    /// VM and its history are looked at again.
+    fn history_job(
+        &self,
+        key: VmKey,
+        what: &'static str,
+        work: impl FnOnce(&Context, &virt::connect::Connect, &VmKey) -> Result<Vec<jobs::Undone>, OpError>
+            + Send
+            + 'static,
+    ) {
+        self.on_vm(key, what, work, move |app, key, result| {
+            hook::emit(
+                "history-done",
+                &key,
+                serde_json::json!({
+                    "action": what,
+                    "ok": result.is_ok(),
+                    "result": match &result {
+                        Ok(u) => u.iter().map(|u| serde_json::json!({
+                            "disk": u.disk, "revision": u.revision, "left": u.left,
+                        })).collect(),
+                        Err(e) => serde_json::json!(e.to_string()),
+                    },
+                }),
+            );
+            app.notify(crate::ui::notice::rolled_back(&key, &result));
+            app.effect(Effect::Inspect {
+                key: key.clone(),
+                reason: InspectReason::Refresh,
+            });
+            app.reload_history(&key);
+        });
     }
 
     /// Pins or unpins a revision, or sets its label; the history window shows it.
@@ -552,38 +564,25 @@ impl Application {
         pinned: Option<bool>,
         label: Option<String>,
     ) {
-        let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
-        glib::spawn_future_local(glib::clone!(
-            #[weak(rename_to = app)]
-            self,
-            async move {
-                let k = key.clone();
-                let result = gio::spawn_blocking(move || {
-                    let conn = connection(conn, &k.uri)?;
-                    let (_, disks) =
-                        jobs::history_disks(&ctx, &conn, &k.uri, &k.name, Some(&disk))?;
-                    let d = jobs::disk_with_revision(&ctx, &k.name, &disks, id)?;
-                    crate::overlay::history::edit(&ctx.journal, &d, id, pinned, label.as_deref())
-                        .map_err(|e| crate::overlay::OpError::NotWritable {
-                            what: crate::overlay::history::Store::beside(&ctx.journal)
-                                .path_for(&d.overlay)
-                                .display()
-                                .to_string(),
-                            reason: e.to_string(),
-                        })
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::overlay::OpError::NotFound {
-                        what: "editing the revision panicked".into(),
-                    })
-                });
-                if let Err(e) = &result {
-                    app.notify(crate::ui::notice::revision_not_changed(e));
-                }
-                app.reload_history(&key);
+        let work = move |ctx: &Context, conn: &virt::connect::Connect, k: &VmKey| {
+            let (_, disks) = jobs::history_disks(ctx, conn, &k.uri, &k.name, Some(&disk))?;
+            let d = jobs::disk_with_revision(ctx, &k.name, &disks, id)?;
+            crate::overlay::history::edit(&ctx.journal, &d, id, pinned, label.as_deref()).map_err(
+                |e| OpError::NotWritable {
+                    what: crate::overlay::history::Store::beside(&ctx.journal)
+                        .path_for(&d.overlay)
+                        .display()
+                        .to_string(),
+                    reason: e.to_string(),
+                },
+            )
+        };
+        self.on_vm(key, "editing the revision", work, |app, key, result| {
+            if let Err(e) = &result {
+                app.notify(crate::ui::notice::revision_not_changed(e));
             }
-        ));
+            app.reload_history(&key);
+        });
     }
 
     /// The pipeline's context, knowing every connection the monitors hold.
@@ -801,35 +800,23 @@ impl Application {
     }
 
     fn inspect(&self, key: VmKey, reason: InspectReason) {
-        let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
-        glib::spawn_future_local(glib::clone!(
-            #[weak(rename_to = app)]
-            self,
-            async move {
-                let k = key.clone();
-                let found = gio::spawn_blocking(move || {
-                    let conn = connection(conn, &k.uri)?;
-                    let a = jobs::assess(&ctx, &conn, &k.uri, &k.name);
-                    Ok::<_, crate::overlay::OpError>(Inspection {
-                        changed: a.changed,
-                        blocked: a.blocked,
-                        discard_blocked: a.discard_blocked,
-                        adoptable: a.adoptable,
-                        undo: a.undo,
-                    })
-                })
-                .await;
-                let found = match found {
-                    Ok(Ok(found)) => found,
-                    Ok(Err(e)) => Inspection {
-                        blocked: Some(e),
-                        ..Default::default()
-                    },
-                    Err(_) => Inspection::default(),
-                };
-                app.input(Input::Inspected { key, reason, found });
-            }
-        ));
+        let work = |ctx: &Context, conn: &virt::connect::Connect, k: &VmKey| {
+            let a = jobs::assess(ctx, conn, &k.uri, &k.name);
+            Ok(Inspection {
+                changed: a.changed,
+                blocked: a.blocked,
+                discard_blocked: a.discard_blocked,
+                adoptable: a.adoptable,
+                undo: a.undo,
+            })
+        };
+        self.on_vm(key, "inspecting the VM", work, move |app, key, found| {
+            let found = found.unwrap_or_else(|e| Inspection {
+                blocked: Some(e),
+                ..Default::default()
+            });
+            app.input(Input::Inspected { key, reason, found });
+        });
     }
 
     fn start_change(
@@ -839,43 +826,26 @@ impl Application {
         changes: Option<crate::overlay::OpKind>,
     ) {
         use crate::overlay::disposable::Change;
-        let (ctx, conn) = (self.context(), self.connection_for(&key.uri));
-        glib::spawn_future_local(glib::clone!(
-            #[weak(rename_to = app)]
-            self,
-            async move {
-                let k = key.clone();
-                let result = gio::spawn_blocking(move || {
-                    let conn = connection(conn, &k.uri)?;
-                    match change {
-                        Change::Adopt => jobs::plan_adopt(&ctx, &conn, &k.uri, &k.name, None)
-                            .and_then(|plan| jobs::adopt(&plan, &ctx)),
-                        Change::Release => {
-                            jobs::plan_release(&ctx, &conn, &k.uri, &k.name, None, changes)
-                                .and_then(|plan| jobs::release(plan, &ctx))
-                                .map(|_| ())
-                        }
-                    }
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::overlay::OpError::NotFound {
-                        what: "the change panicked".into(),
-                    })
-                });
-                hook::emit(
-                    "change-done",
-                    &key,
-                    serde_json::json!({"change": change.word(), "ok": result.is_ok(),
-                        "result": result.as_ref().err().map(|e| e.to_string())}),
-                );
-                app.input(Input::ChangeDone {
-                    key,
-                    change,
-                    result,
-                });
-            }
-        ));
+        let work = move |ctx: &Context, conn: &virt::connect::Connect, k: &VmKey| match change {
+            Change::Adopt => jobs::plan_adopt(ctx, conn, &k.uri, &k.name, None)
+                .and_then(|plan| jobs::adopt(&plan, ctx)),
+            Change::Release => jobs::plan_release(ctx, conn, &k.uri, &k.name, None, changes)
+                .and_then(|plan| jobs::release(plan, ctx))
+                .map(|_| ()),
+        };
+        self.on_vm(key, "the change", work, move |app, key, result| {
+            hook::emit(
+                "change-done",
+                &key,
+                serde_json::json!({"change": change.word(), "ok": result.is_ok(),
+                    "result": result.as_ref().err().map(|e| e.to_string())}),
+            );
+            app.input(Input::ChangeDone {
+                key,
+                change,
+                result,
+            });
+        });
     }
 
     fn start_job(&self, key: VmKey, op: crate::overlay::OpKind) {
