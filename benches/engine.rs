@@ -11,26 +11,13 @@ mod args;
 #[path = "support/images.rs"]
 mod images;
 use args::arg;
-use images::{dirty_pair, median, run, secs};
+use images::{dirty_pair, median, run, secs, NoDomain};
 
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use vmoverlay::overlay::{
-    discover::inspect_overlay, ops, DomainCheck, Journal, OpError, OpKind, Request,
-};
-
-/// The bench's images belong to no libvirt domain.
-struct NoDomain;
-impl DomainCheck for NoDomain {
-    fn ensure_inactive(&self) -> Result<(), OpError> {
-        Ok(())
-    }
-    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, OpError> {
-        Ok(Vec::new())
-    }
-}
+use vmoverlay::overlay::{discover::inspect_overlay, ops, Journal, OpKind, Request};
 
 fn status_bench(root: &Path, domains: usize, rounds: usize) -> Duration {
     let imgs = root.join("status");

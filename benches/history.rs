@@ -21,20 +21,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use args::arg;
-use images::{median, run, secs};
+use images::{dirty_pair_at, median, run, secs, NoDomain};
 use vmoverlay::overlay::discover::inspect_overlay;
-use vmoverlay::overlay::{history, ops, DomainCheck, Journal, OpError, OpKind, Request};
-
-/// The bench's images belong to no libvirt domain.
-struct NoDomain;
-impl DomainCheck for NoDomain {
-    fn ensure_inactive(&self) -> Result<(), OpError> {
-        Ok(())
-    }
-    fn other_users(&self, _: &Path, _: &Path) -> Result<Vec<String>, OpError> {
-        Ok(Vec::new())
-    }
-}
+use vmoverlay::overlay::{history, ops, Journal, OpKind, Request};
 
 /// One commit of `mib` MiB, over data the base holds there already or into its free space;
 /// its duration.
@@ -42,26 +31,9 @@ fn one(root: &Path, mib: usize, over_data: bool, with_history: bool) -> Duration
     let dir = root.join(if with_history { "on" } else { "off" });
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let base = dir.join("base.qcow2");
-    let overlay = dir.join("overlay.qcow2");
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2"])
-        .arg(&base)
-        .arg(format!("{}M", mib * 2)));
     // The base holds data in its first `mib` MiB; the overlay writes there, or after it.
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P 0xaa 0 {mib}M"))
-        .arg(&base));
     let at = if over_data { 0 } else { mib };
-    run(Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(&base)
-        .arg(&overlay));
-    run(Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P 0x55 {at}M {mib}M"))
-        .arg(&overlay));
+    let (_, overlay) = dirty_pair_at(&dir, mib, mib, at);
     run(&mut Command::new("sync"));
     let journal = Journal::at(dir.join("state/journal"));
     let disk = inspect_overlay("vda", &overlay).unwrap();

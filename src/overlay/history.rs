@@ -726,6 +726,25 @@ pub struct HistoryRecord {
     pub started: String,
 }
 
+impl HistoryRecord {
+    fn new(
+        history: Step,
+        uri: &str,
+        vm: &str,
+        check: &dyn DomainCheck,
+        disk: &ManagedDisk,
+    ) -> Self {
+        HistoryRecord {
+            history,
+            uri: uri.to_string(),
+            domain: vm.to_string(),
+            uuid: check.uuid(),
+            disk: disk.clone(),
+            started: now(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Step {
@@ -753,25 +772,9 @@ fn ensure_base_writable(
     journal: &Journal,
 ) -> Result<(), OpError> {
     let images = check.images(disk.engine)?;
-    let now = images
-        .inspect(&disk.target, &disk.overlay)
-        .map_err(|e| OpError::NotFound {
-            what: e.to_string(),
-        })?;
-    if now.base != disk.base {
-        return Err(OpError::BaseChanged {
-            overlay: disk.overlay.clone(),
-            now: now.base,
-            was: disk.base.clone(),
-        });
-    }
-    if journal.has_record(&disk.overlay) {
-        return Err(OpError::Busy {
-            overlay: disk.overlay.clone(),
-            journal: journal.path_for(&disk.overlay),
-        });
-    }
-    journal.ensure_room()?;
+    journal.ensure_disk_free(images, disk, |e| OpError::NotFound {
+        what: e.to_string(),
+    })?;
     ensure_state(disk, check)?;
     images.ensure_writable(disk, true)?;
     ensure_base_alone(disk, check)
@@ -861,18 +864,12 @@ pub fn rollback(
                 .to_string(),
             reason: e.to_string(),
         })?;
-    let rec = HistoryRecord {
-        history: Step::Rollback {
-            target: id,
-            leave,
-            applying: false,
-        },
-        uri: uri.to_string(),
-        domain: vm.to_string(),
-        uuid: check.uuid(),
-        disk: disk.clone(),
-        started: now(),
+    let step = Step::Rollback {
+        target: id,
+        leave,
+        applying: false,
     };
+    let rec = HistoryRecord::new(step, uri, vm, check, disk);
     begin(journal, &rec)?;
     run_record(rec, check, journal)?;
     // Undoing a rollback goes back to the state it left.
@@ -969,14 +966,7 @@ pub fn expire_now(
         });
     }
     ensure_base_writable(disk, check, journal)?;
-    let rec = HistoryRecord {
-        history: Step::Expire,
-        uri: uri.to_string(),
-        domain: vm.to_string(),
-        uuid: check.uuid(),
-        disk: disk.clone(),
-        started: now(),
-    };
+    let rec = HistoryRecord::new(Step::Expire, uri, vm, check, disk);
     begin(journal, &rec)?;
     let n = retain(journal, disk).map_err(|e| failed(&disk.overlay, e, expire_data()))?;
     journal.finish(&disk.overlay).map_err(|e| {

@@ -70,6 +70,35 @@ impl Journal {
         &self.dir
     }
 
+    /// The head of every writer's preconditions: `disk`'s overlay still has the base it was
+    /// found with (read by `images`; `unreadable` words the refusal when it cannot be read),
+    /// no operation on it is recorded here, and the journal has room for one.
+    pub fn ensure_disk_free(
+        &self,
+        images: &dyn super::engine::ImageEngine,
+        disk: &ManagedDisk,
+        unreadable: impl FnOnce(super::error::SkipReason) -> super::error::OpError,
+    ) -> Result<(), super::error::OpError> {
+        use super::error::OpError;
+        let now = images
+            .inspect(&disk.target, &disk.overlay)
+            .map_err(unreadable)?;
+        if now.base != disk.base {
+            return Err(OpError::BaseChanged {
+                overlay: disk.overlay.clone(),
+                now: now.base,
+                was: disk.base.clone(),
+            });
+        }
+        if self.has_record(&disk.overlay) {
+            return Err(OpError::Busy {
+                overlay: disk.overlay.clone(),
+                journal: self.path_for(&disk.overlay),
+            });
+        }
+        self.ensure_room()
+    }
+
     /// Room for a record and its updates: refused before anything is written, so a full
     /// filesystem never leaves an operation half-journaled.
     pub fn ensure_room(&self) -> Result<(), super::error::OpError> {

@@ -121,27 +121,11 @@ pub fn preflight(
 ) -> Result<u64, OpError> {
     let disk = &req.disk;
     let images = check.images(disk.engine)?;
-    let now = images
-        .inspect(&disk.target, &disk.overlay)
-        .map_err(|reason| OpError::DiskNotManaged {
-            vm: req.domain.clone(),
-            disk: disk.target.clone(),
-            reason: Box::new(reason),
-        })?;
-    if now.base != disk.base {
-        return Err(OpError::BaseChanged {
-            overlay: disk.overlay.clone(),
-            now: now.base,
-            was: disk.base.clone(),
-        });
-    }
-    if journal.has_record(&disk.overlay) {
-        return Err(OpError::Busy {
-            overlay: disk.overlay.clone(),
-            journal: journal.path_for(&disk.overlay),
-        });
-    }
-    journal.ensure_room()?;
+    journal.ensure_disk_free(images, disk, |reason| OpError::DiskNotManaged {
+        vm: req.domain.clone(),
+        disk: disk.target.clone(),
+        reason: Box::new(reason),
+    })?;
     ensure_state(req.op, disk, check, images)?;
     let commit = req.op == OpKind::Commit;
     images.ensure_unlocked(disk, true)?;
