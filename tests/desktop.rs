@@ -263,41 +263,14 @@ fn wayland_demo_tray_registers_and_dbusmenu_drives_the_flow() {
 fn x11_start_at_login_inside_flatpak_goes_through_the_background_portal() {
     let s = Session::start(Kind::X11);
     // The portal frontend picks the backend by desktop; activated services get this env.
-    let st = s
-        .command("dbus-update-activation-environment")
-        .args([
-            "DISPLAY",
-            "HOME",
-            "XDG_CONFIG_HOME",
-            "XDG_CURRENT_DESKTOP=GNOME",
-        ])
-        .status()
-        .expect("dbus-update-activation-environment (dbus) is installed");
-    assert!(st.success());
+    s.activation_environment(&[
+        "DISPLAY",
+        "HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_CURRENT_DESKTOP=GNOME",
+    ]);
     // The user already allowed background activity (otherwise the portal asks in a dialog).
-    let st = s
-        .command("busctl")
-        .args([
-            "--user",
-            "call",
-            "org.freedesktop.impl.portal.PermissionStore",
-            "/org/freedesktop/impl/portal/PermissionStore",
-            "org.freedesktop.impl.portal.PermissionStore",
-            "SetPermission",
-            "sbssas",
-            "background",
-            "true",
-            "background",
-            vmoverlay::config::APP_ID,
-            "1",
-            "yes",
-        ])
-        .status()
-        .expect("busctl (systemd) is installed");
-    assert!(
-        st.success(),
-        "the permission store (xdg-desktop-portal) answers"
-    );
+    s.allow_background(vmoverlay::config::APP_ID);
     let info = s.home.join("flatpak-info");
     std::fs::write(
         &info,

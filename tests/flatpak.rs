@@ -448,19 +448,14 @@ impl Drop for App {
 
 /// Points the session's D-Bus activation (the portals) at GNOME's and GTK's portal backends.
 fn portal_environment(s: &Session) {
-    let st = s
-        .command("dbus-update-activation-environment")
-        .args([
-            "DISPLAY",
-            "HOME",
-            "XDG_CONFIG_HOME",
-            "XDG_RUNTIME_DIR",
-            "XDG_CURRENT_DESKTOP=GNOME",
-            "GDK_BACKEND=x11",
-        ])
-        .status()
-        .expect("dbus-update-activation-environment (dbus) is installed");
-    assert!(st.success());
+    s.activation_environment(&[
+        "DISPLAY",
+        "HOME",
+        "XDG_CONFIG_HOME",
+        "XDG_RUNTIME_DIR",
+        "XDG_CURRENT_DESKTOP=GNOME",
+        "GDK_BACKEND=x11",
+    ]);
 }
 
 /// `flatpak run` of the app in the session, with `grants` added, writing its test hook.
@@ -647,29 +642,7 @@ fn in_the_sandbox_start_at_login_goes_through_the_background_portal() {
     let s = Session::start(Kind::X11);
     portal_environment(&s);
     // The user already allowed background activity (otherwise the portal asks in a dialog).
-    let st = s
-        .command("busctl")
-        .args([
-            "--user",
-            "call",
-            "org.freedesktop.impl.portal.PermissionStore",
-            "/org/freedesktop/impl/portal/PermissionStore",
-            "org.freedesktop.impl.portal.PermissionStore",
-            "SetPermission",
-            "sbssas",
-            "background",
-            "true",
-            "background",
-            APP_ID,
-            "1",
-            "yes",
-        ])
-        .status()
-        .expect("busctl (systemd) is installed");
-    assert!(
-        st.success(),
-        "the permission store (xdg-desktop-portal) answers"
-    );
+    s.allow_background(APP_ID);
     let background = Monitor::start(&s, "org.freedesktop.portal.Background");
     let (_app, hook) = start_sandboxed(&s, &[], &["--connect", "test:///default"]);
     hook.wait("tray-ready", Duration::from_secs(60), |v| {

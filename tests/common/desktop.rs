@@ -424,6 +424,44 @@ impl Session {
         rx
     }
 
+    /// Gives the session bus's activated services (the portals) these environment entries.
+    pub fn activation_environment(&self, vars: &[&str]) {
+        let st = self
+            .command("dbus-update-activation-environment")
+            .args(vars)
+            .status()
+            .expect("dbus-update-activation-environment (dbus) is installed");
+        assert!(st.success());
+    }
+
+    /// The user already allowed `app_id` background activity (otherwise the Background
+    /// portal asks in a dialog): the entry the permission store keeps for that answer.
+    pub fn allow_background(&self, app_id: &str) {
+        let st = self
+            .command("busctl")
+            .args([
+                "--user",
+                "call",
+                "org.freedesktop.impl.portal.PermissionStore",
+                "/org/freedesktop/impl/portal/PermissionStore",
+                "org.freedesktop.impl.portal.PermissionStore",
+                "SetPermission",
+                "sbssas",
+                "background",
+                "true",
+                "background",
+                app_id,
+                "1",
+                "yes",
+            ])
+            .status()
+            .expect("busctl (systemd) is installed");
+        assert!(
+            st.success(),
+            "the permission store (xdg-desktop-portal) answers"
+        );
+    }
+
     /// Activates one of the application's actions over D-Bus (`org.gtk.Actions`), as a
     /// notification server or a desktop shell does.
     pub fn activate_action(&self, action: &str, target: Option<&str>) {
