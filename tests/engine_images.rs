@@ -227,6 +227,10 @@ fn sigkill_of_qemu_img_mid_commit_is_completed_from_the_journal() {
     );
     let pending = s.journal.pending();
     assert_eq!(pending.len(), 1);
+    // Its writes were unordered (a revision protects it) and failed midway: the record says
+    // so, and the resumed commit goes back to the revision before committing again.
+    let record = pending[0].as_ref().expect("a readable record");
+    assert_eq!(record.boot.as_deref(), Some("unflushed"), "{record:?}");
     // Next start: recovery completes it.
     let done = overlay::recover(&s.journal, &|_| Ok(Box::new(NoDomain)), &mut |_, _| {});
     assert_eq!(done.len(), 1);

@@ -12,7 +12,7 @@ use super::domain::{ensure_base_alone, DomainCheck};
 use super::engine::ImageEngine;
 use super::error::OpError;
 use super::journal::{Journal, Record};
-use super::types::{ManagedDisk, OpKind, Outcome, Phase, Progress, Request};
+use super::types::{CommitWrites, ManagedDisk, OpKind, Outcome, Phase, Progress, Request};
 use crate::i18n::{tr, tr_f};
 
 /// What a running job reports, in order: any number of `Progress`, then one `Done`.
@@ -231,6 +231,10 @@ pub fn resume_with(
     execute(rec, check, journal, progress, changed, true)
 }
 
+/// The boot ID a commit's record gets when its unordered writes failed: never this boot's, so
+/// the resumed commit takes the crash path (see `history::before_commit`).
+const UNFLUSHED: &str = "unflushed";
+
 fn execute(
     mut rec: Record,
     check: &dyn DomainCheck,
@@ -269,9 +273,17 @@ fn execute(
                 ));
             }
         };
-        images
-            .commit(&rec.disk, writes, progress)
-            .map_err(|e| failed(OpKind::Commit, &overlay, e, &data_in_overlay()))?;
+        if let Err(e) = images.commit(&rec.disk, writes, progress) {
+            if writes == CommitWrites::Protected {
+                // Unordered writes that failed (a write error, a failed flush) may be lost in
+                // any order, as in a crash: the resumed commit goes back to the revision first.
+                rec.boot = Some(UNFLUSHED.into());
+                if let Err(j) = journal.update(&rec) {
+                    log::error!("{}: journal: {j}", overlay.display());
+                }
+            }
+            return Err(failed(OpKind::Commit, &overlay, e, &data_in_overlay()));
+        }
         crate::hook::kill_point("commit-written");
         progress(Progress::CheckingBase);
         if let Err(e) = images.check_base(&rec.disk) {
