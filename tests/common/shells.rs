@@ -645,6 +645,9 @@ fn start_plasma(s: &mut Session, wayland: bool) {
             .expect("kwin_wayland is installed (kwin-wayland)");
         chown_r(&copy, 65534, 65534);
         let mut kwin = s.command(copy.to_str().unwrap());
+        // Lets tests/shells/fakeinput.py bind org_kde_kwin_fake_input (real pointer and
+        // keyboard input; no synthetic X11 input reaches a Wayland compositor).
+        kwin.env("KWIN_WAYLAND_NO_PERMISSION_CHECKS", "1");
         kwin.args([
             "--virtual",
             "--no-lockscreen",
@@ -763,9 +766,49 @@ pub fn plasma_wait_notification(s: &Session, text: &str) -> Rect {
     atspi_wait(s, "plasmashell", "notification", text)
 }
 
-/// Input on the X11 display (Plasma on X11).
-pub fn xdotool(s: &Session, args: &[&str]) {
-    run_ok(s, "xdotool", args);
+/// Real input into Plasma, as a user's pointer and keyboard give it: xdotool on X11, KWin's
+/// fake-input protocol on Wayland (tests/shells/fakeinput.py). The steps are fakeinput.py's:
+/// `move X Y`, `click left|right`, `key down|up|left|right|return|escape`, `sleep MS`.
+pub fn plasma_input(s: &Session, steps: &[&str]) {
+    match s.kind {
+        Kind::PlasmaWayland => {
+            let script = super::manifest_dir().join("tests/shells/fakeinput.py");
+            let mut args = vec![script.to_str().unwrap()];
+            args.extend(steps);
+            run_ok(s, "python3", &args);
+        }
+        Kind::PlasmaX11 => {
+            let mut args = Vec::new();
+            let mut it = steps.iter();
+            while let Some(step) = it.next() {
+                let mut arg = || it.next().expect("the step's argument").to_string();
+                match *step {
+                    "move" => args.extend(["mousemove".to_string(), arg(), arg()]),
+                    "click" => {
+                        let button = match arg().as_str() {
+                            "left" => "1",
+                            "middle" => "2",
+                            _ => "3",
+                        };
+                        args.extend(["click".to_string(), button.to_string()]);
+                    }
+                    "key" => {
+                        let mut name = arg();
+                        name[..1].make_ascii_uppercase();
+                        args.extend(["key".to_string(), name]);
+                    }
+                    "sleep" => {
+                        let ms: f64 = arg().parse().unwrap();
+                        args.extend(["sleep".to_string(), format!("{}", ms / 1000.0)]);
+                    }
+                    other => panic!("unknown input step {other:?}"),
+                }
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_ok(s, "xdotool", &args);
+        }
+        other => panic!("plasma_input on {other:?}"),
+    }
 }
 
 pub(super) fn screenshot(s: &Session, path: &Path) {
@@ -831,12 +874,21 @@ impl MenuEvents {
 
     /// How often the menu item `id` (0: the whole menu) was reported "opened".
     pub fn opened(&self, id: i64) -> usize {
+        self.count(id, "opened")
+    }
+
+    /// How many times the host said item `id` was clicked (activated, by pointer or keyboard).
+    pub fn clicked(&self, id: i64) -> usize {
+        self.count(id, "clicked")
+    }
+
+    fn count(&self, id: i64, event: &str) -> usize {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.split("method call ")
             .filter(|call| {
                 let mut args = call.lines().skip(1).map(str::trim);
                 args.next() == Some(&format!("int32 {id}"))
-                    && args.next() == Some("string \"opened\"")
+                    && args.next() == Some(&format!("string \"{event}\""))
             })
             .count()
     }
