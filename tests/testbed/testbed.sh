@@ -11,6 +11,8 @@ set -euo pipefail
 
 SOCK_DIR=/run/vmoverlay-testbed
 PIDFILE=$SOCK_DIR/libvirtd.pid
+SUPERVISOR=$SOCK_DIR/supervisor.pid
+DOWN=$SOCK_DIR/libvirtd.down
 URI="qemu:///system?socket=$SOCK_DIR/libvirt-sock"
 HERE=$(cd "$(dirname "$0")" && pwd)
 
@@ -83,12 +85,27 @@ prepare() {
 start() {
     prepare
     pgrep -x virtlogd >/dev/null || virtlogd -d
-    if ! running; then
+    rm -f "$DOWN"
+    if running && ! supervised; then
+        # Started by an older testbed.sh: hand it over to a supervisor (guests keep running).
+        stop_with TERM
+        rm -f "$DOWN"
+    fi
+    if ! supervised; then
         # libvirtd runs under tini as a child subreaper, as it runs under systemd on a real
         # host: the QEMU processes it daemonizes are reaped the moment they exit. This
         # sandbox's PID 1 reaps orphans late, and libvirt waits for the zombie to go: every
         # destroy of a domain took 1.4-2.3 s here instead of milliseconds.
-        setsid tini -s -- libvirtd --listen -f "$HERE/libvirtd.conf" -p "$PIDFILE" \
+        # tini's child is a loop that outlives libvirtd (tests kill and restart it), so a
+        # guest's QEMU that dies while libvirtd is down is reaped too: otherwise the restarted
+        # libvirtd finds its zombie "alive" and waits 30 s for its monitor.
+        setsid tini -s -- sh -c '
+            echo $$ > "$1"
+            while :; do
+                if [ -e "$2" ]; then sleep 0.1; continue; fi
+                libvirtd --listen -f "$3" -p "$4"
+                sleep 0.1
+            done' supervisor "$SUPERVISOR" "$DOWN" "$HERE/libvirtd.conf" "$PIDFILE" \
             </dev/null >/dev/null 2>&1 &
     fi
     for _ in $(seq 1 200); do
@@ -101,8 +118,15 @@ start() {
     exit 1
 }
 
+supervised() {
+    [ -f "$SUPERVISOR" ] && kill -0 "$(cat "$SUPERVISOR")" 2>/dev/null
+}
+
+# Stops libvirtd and keeps it down until the next start (its supervisor stays).
 stop_with() {
     local sig=$1
+    mkdir -p "$SOCK_DIR"
+    touch "$DOWN"
     if running; then
         local pid
         pid=$(cat "$PIDFILE")
