@@ -67,6 +67,10 @@ fn commit(uri: &str, name: &str, kind: Engine, journal: &Journal) -> Duration {
 fn main() {
     let mib = arg("--mib", 256);
     let rounds = arg("--rounds", 5);
+    // RUST_LOG=vmoverlay=debug shows where each commit's time goes.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("off"))
+        .format_timestamp_millis()
+        .init();
     vmoverlay::libvirt::spawn_event_thread();
     let uri = testbed_uri();
     let root = tempfile::Builder::new()

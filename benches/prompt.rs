@@ -109,6 +109,26 @@ fn memory(pid: u32) -> Memory {
     }
 }
 
+/// Resident KiB per mapped file (anonymous memory as "[anon]"), largest first.
+fn rss_by_file(pid: u32) -> Vec<(String, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut by: BTreeMap<String, u64> = BTreeMap::new();
+    let mut current = String::new();
+    for line in smaps.lines() {
+        let mut words = line.split_whitespace();
+        let first = words.next().unwrap_or("");
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            current = words.nth(4).unwrap_or("[anon]").to_string();
+        } else if first == "Rss:" {
+            *by.entry(current.clone()).or_default() +=
+                words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        }
+    }
+    let mut v: Vec<_> = by.into_iter().filter(|(_, k)| *k > 0).collect();
+    v.sort_by_key(|f| std::cmp::Reverse(f.1));
+    v
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -158,6 +178,8 @@ fn main() {
     let runs: usize = arg("--runs", 20);
     let idle: u64 = arg("--idle-secs", 60);
     let renderer: String = arg("--renderer", String::new());
+    // --smaps 1: also list where the resident memory is, file by file.
+    let smaps: u32 = arg("--smaps", 0);
     let bed = testbed_shared();
     let s = Session::start(Kind::Wayland);
     let vm = TestVm::define(
@@ -194,6 +216,7 @@ fn main() {
 
     // Idle, before the first window, side by side with a 5-second polling loop in a shell.
     let mem_idle = memory(pid);
+    let files_idle = rss_by_file(pid);
     let baseline = Kill(
         Command::new("sh")
             .arg("-c")
@@ -334,6 +357,22 @@ fn main() {
     let _ = poller.join();
     std::thread::sleep(Duration::from_secs(1));
     let mem_after = memory(pid);
+    if smaps > 0 {
+        let before: BTreeMap<_, _> = files_idle.into_iter().collect();
+        let after: BTreeMap<_, _> = rss_by_file(pid).into_iter().collect();
+        let files: std::collections::BTreeSet<_> = before.keys().chain(after.keys()).collect();
+        let mut files: Vec<_> = files.into_iter().collect();
+        files.sort_by_key(|f| {
+            std::cmp::Reverse(before.get(*f).max(after.get(*f)).copied().unwrap_or(0))
+        });
+        println!("| resident, by mapping (KiB) | before the first window | after {runs} prompts |");
+        println!("|---|---|---|");
+        for file in files.into_iter().take(50) {
+            let kib = |m: &BTreeMap<String, u64>| m.get(file).copied().unwrap_or(0);
+            println!("| {file} | {} | {} |", kib(&before), kib(&after));
+        }
+        println!();
+    }
 
     let shown_renderer = if renderer.is_empty() {
         "GSK_RENDERER unset: the app's default, cairo".to_string()

@@ -11,13 +11,15 @@ use crate::machine::VmKey;
 use crate::units::human_bytes;
 
 fn dialog(app: &adw::Application, heading: &str, body: &str) -> adw::MessageDialog {
-    adw::MessageDialog::builder()
+    let dialog = adw::MessageDialog::builder()
         .heading(heading)
         .body(body)
         .title(heading)
         .modal(false)
         .application(app)
-        .build()
+        .build();
+    super::destroy_after_hiding(&dialog);
+    dialog
 }
 
 fn answer(dialog: &adw::MessageDialog, app: &adw::Application, key: &VmKey, action: &str) {

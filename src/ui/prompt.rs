@@ -58,6 +58,7 @@ pub fn show(app: &adw::Application, key: &VmKey, decision: &Decision) -> Prompt 
         .modal(false)
         .application(app)
         .build();
+    super::destroy_after_hiding(&dialog);
     // No transient parent: this is a windowless app, and a dialog made transient for a hidden
     // window is kept off screen by window managers (seen with openbox). libadwaita only logs
     // that this is "discouraged".
