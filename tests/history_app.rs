@@ -21,16 +21,11 @@ const AT: u64 = 5 << 20;
 /// The app's own view of the VM's revisions: `vmoverlay history --json` in the session (the
 /// same state directory).
 fn cli_history(s: &Session, uri: &str, vm: &str) -> Vec<Value> {
-    let out = s
-        .command(common::bin())
-        .args(["history", vm, "--json", "--connect", uri])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        common::run_ok(
+            s.command(common::bin())
+                .args(["history", vm, "--json", "--connect", uri]),
+        );
     serde_json::from_slice::<Value>(&out.stdout)
         .unwrap()
         .as_array()

@@ -29,25 +29,20 @@ pub fn create_base(path: &Path, size: &str) {
 /// An overlay of `base` with the backing reference `backing_ref` (absolute or relative to the
 /// overlay's directory).
 pub fn create_overlay(path: &Path, backing_ref: &str) {
-    let out = Command::new("qemu-img")
-        .args([
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            backing_ref,
-        ])
-        .arg(path)
-        .current_dir(path.parent().unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    super::run_ok(
+        Command::new("qemu-img")
+            .args([
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-F",
+                "qcow2",
+                "-b",
+                backing_ref,
+            ])
+            .arg(path)
+            .current_dir(path.parent().unwrap()),
     );
 }
 

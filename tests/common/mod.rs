@@ -101,18 +101,26 @@ impl TestbedGuard {
     }
 }
 
-pub fn virsh(uri: &str, args: &[&str]) -> String {
-    let out = Command::new("virsh")
-        .arg("-q")
-        .arg("-c")
-        .arg(uri)
-        .args(args)
+/// Runs `cmd`, asserts that it succeeded (its stderr in the message) and returns its output.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
         .output()
-        .expect("virsh is installed (libvirt-clients)");
+        .unwrap_or_else(|e| panic!("{:?} (is it installed?): {e}", cmd.get_program()));
     assert!(
         out.status.success(),
-        "virsh {args:?} failed: {}",
+        "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn virsh(uri: &str, args: &[&str]) -> String {
+    let out = run_ok(
+        Command::new("virsh")
+            .arg("-q")
+            .arg("-c")
+            .arg(uri)
+            .args(args),
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

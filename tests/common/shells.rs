@@ -122,16 +122,7 @@ fn install_app_for_user(s: &mut Session) {
 }
 
 fn run_ok(s: &Session, program: &str, args: &[&str]) -> String {
-    let out = s
-        .command(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = super::run_ok(s.command(program).args(args));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
