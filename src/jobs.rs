@@ -134,6 +134,18 @@ pub struct Plan {
     pub disks: Vec<(Request, u64)>,
     /// A whole-VM commit of a UEFI VM: its variables are recorded as the base's afterwards.
     pub record_firmware: Option<(String, std::path::PathBuf)>,
+    /// A UEFI VM with one disk: the revision the operation takes keeps its variables.
+    pub history_firmware: Option<history::FirmwareFollow>,
+}
+
+/// Whether a UEFI VM's variables follow its history: only for a VM with one disk, as a
+/// rollback and an undo work disk by disk (the variables go with the whole VM).
+fn firmware_follows(found: &Found, vm: &str) -> Option<history::FirmwareFollow> {
+    if found.disks.managed.len() != 1 {
+        return None;
+    }
+    let (uuid, nvram) = firmware_of(&found.check, vm).ok().flatten()?;
+    Some(history::FirmwareFollow { uuid, nvram })
 }
 
 /// How a discard treats a UEFI VM's firmware variables.
@@ -301,6 +313,7 @@ pub fn plan(
         conn: conn.clone(),
         disks: planned,
         record_firmware,
+        history_firmware: firmware_follows(&found, vm),
     })
 }
 
@@ -472,7 +485,26 @@ fn run(
     ctx: &Context,
     progress: &mut dyn FnMut(&str, Progress),
 ) -> Result<Done, OpError> {
+    // A UEFI VM's variables before the operation: what goes with the revision it takes.
+    let before = plan.history_firmware.as_ref().and_then(|fw| {
+        let vars = std::fs::read(&fw.nvram).ok()?;
+        let base = std::fs::read(ctx.firmware().path_for(&fw.uuid)).ok()?;
+        Some((vars, base))
+    });
     let done = run_disks(plan, ctx, progress)?;
+    if let Some((vars, base)) = before {
+        // A commit's revision is the base before it with an empty overlay: its variables
+        // are the base's. A discard's is the session thrown away: the variables it ended with.
+        let vars = match plan.op {
+            OpKind::Commit => &base,
+            OpKind::Discard => &vars,
+        };
+        for (req, _) in &plan.disks {
+            if let Err(e) = history::keep_firmware(&ctx.journal, &req.disk, vars, &base) {
+                log::warn!("{}: keeping its firmware variables: {e}", plan.vm);
+            }
+        }
+    }
     if let Some((uuid, nvram)) = &plan.record_firmware {
         // The base now holds what the firmware variables were written with.
         if let Err(e) = ctx.firmware().record(uuid, nvram) {
@@ -979,7 +1011,15 @@ pub fn rollback(
     disk: &ManagedDisk,
     id: u64,
 ) -> Result<u64, OpError> {
-    let left = history::rollback(uri, vm, disk, id, &found.check, &ctx.journal)?;
+    let left = history::rollback(
+        uri,
+        vm,
+        disk,
+        id,
+        &found.check,
+        &ctx.journal,
+        firmware_follows(found, vm),
+    )?;
     ctx.journal.set_last(
         &disk.overlay,
         &format!("rolled back to revision {id}; the state left is revision {left}"),

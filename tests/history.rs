@@ -292,6 +292,77 @@ fn a_discard_is_undone() {
     assert_eq!(checksum(&vm.overlay), overlay_before);
 }
 
+/// A UEFI VM's firmware variables follow its history: an undo and a rollback put back the
+/// variables of the state they return to and record those of its base, so a later discard
+/// puts back the right ones; expired revisions take their copies with them. (The variables
+/// are written here as a session's firmware would write them.)
+#[test]
+fn firmware_variables_follow_an_undo_and_a_rollback() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let s = state.path();
+    let uri = bed.uri.as_str();
+    let vm = StateVm::shut_off(uri, "vmo-hist-uefi");
+    let name = vm.name.as_str();
+    let nvram = vm.make_uefi();
+    let session = |vars: &str| std::fs::write(&nvram, vars).unwrap();
+    let vars = || std::fs::read_to_string(&nvram).unwrap();
+    ok(s, uri, &["keep", name, "10"]);
+    // Session 1 (the overlay holds 0x5a): committed, its variables recorded as the base's.
+    session("vars 1");
+    ok(s, uri, &["commit", name, "--yes"]);
+    // Session 2, committed: its revision is the base before, with session 1's variables.
+    qemu_io(&vm.overlay, &["write -P 0x6b 0 1M"]);
+    session("vars 2");
+    ok(s, uri, &["commit", name, "--yes"]);
+    let before_second = ids(&history(s, uri, name))[0];
+    // Session 3, discarded: the variables go back to the base's.
+    qemu_io(&vm.overlay, &["write -P 0x6c 0 1M"]);
+    session("vars 3");
+    ok(s, uri, &["discard", name, "--yes"]);
+    assert_eq!(vars(), "vars 2");
+
+    // Undone: session 3's changes and its variables are back.
+    ok(s, uri, &["undo", name, "--yes"]);
+    assert!(reads_pattern(&vm.overlay, 0x6c, "0", "1M"));
+    assert_eq!(vars(), "vars 3");
+    // Back to before the second commit: that base's variables.
+    ok(
+        s,
+        uri,
+        &["rollback", name, &before_second.to_string(), "--yes"],
+    );
+    assert!(reads_pattern(&vm.base, 0x5a, "0", "1M"));
+    assert_eq!(vars(), "vars 1");
+    let left = history(s, uri, name);
+    assert_eq!(kinds(&left)[0], "rollback", "{left:?}");
+    let session_3 = ids(&left)[0];
+    // A discard now puts back the variables of this base, not the newer ones.
+    qemu_io(&vm.overlay, &["write -P 0x7d 0 1M"]);
+    session("vars 4");
+    ok(s, uri, &["discard", name, "--yes"]);
+    assert_eq!(vars(), "vars 1");
+    // Forward again, to the state the rollback left: session 3, undone.
+    ok(s, uri, &["rollback", name, &session_3.to_string(), "--yes"]);
+    assert!(reads_pattern(&vm.overlay, 0x6c, "0", "1M"));
+    assert!(reads_pattern(&vm.base, 0x6b, "0", "1M"));
+    assert_eq!(vars(), "vars 3");
+
+    // Expiry removes the copies of the expired revisions' variables.
+    let copies = || {
+        std::fs::read_dir(s.join("history"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with("vars.fd"))
+            .count()
+    };
+    assert!(copies() >= 8, "{} copies", copies());
+    ok(s, uri, &["keep", name, "1"]);
+    let kept = history(s, uri, name);
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert!(copies() <= 2, "{} copies left for one revision", copies());
+}
+
 /// `vmoverlay undo`: a discard is undone (its changes are back, byte for byte), undone again
 /// (which redoes it), and a commit is undone; once the overlay is written to after the last
 /// operation, or with history off, there is nothing to undo (exit 3) and nothing changes.

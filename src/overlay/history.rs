@@ -15,6 +15,10 @@
 //!   commit, and by any change of the base's size or time this module did not make itself).
 //! - **A rollback** first records the state being left (kind `rollback`: a snapshot of the
 //!   base, and the overlay kept as for a discard), so it is itself undoable.
+//! - **A UEFI VM's firmware variables** (one disk only: a rollback works disk by disk, the
+//!   variables go with the whole VM) are copied into the history folder with each revision:
+//!   the variables the VM had in that state and those recorded for its base. A rollback puts
+//!   the first back and records the second as the base's (what a later discard restores).
 //! - Internal snapshots in the *base* are allowed by the commit rules (only bitmaps in the base
 //!   and snapshots or bitmaps in the overlay are refused), and `qemu-img check` of a base with
 //!   snapshots passes, so revisions live in the base.
@@ -45,6 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use super::domain::{ensure_base_alone, DomainCheck};
 use super::error::OpError;
+use super::firmware::{self, FirmwareRestore, FirmwareStore};
 use super::image;
 use super::journal::{boot_id, sync_dir, Journal, Record};
 use super::qemu_img;
@@ -110,6 +115,25 @@ pub struct Revision {
     pub state: RevState,
     /// The operation that took it (so a resumed operation does not take it twice).
     pub op: Option<String>,
+    /// A UEFI VM's variables that go with this state (copies in the history folder).
+    #[serde(default)]
+    pub firmware: Option<RevFirmware>,
+}
+
+/// The UEFI variables that go with a revision's state: a rollback to it puts them back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevFirmware {
+    /// What the VM's variables were in that state.
+    pub vars: PathBuf,
+    /// What was recorded as the variables of that state's base (what a discard puts back).
+    pub base_vars: PathBuf,
+}
+
+/// A rollback of a UEFI VM's only disk: its variables follow (see [`rollback`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirmwareFollow {
+    pub uuid: String,
+    pub nvram: PathBuf,
 }
 
 impl Revision {
@@ -259,6 +283,7 @@ impl DiskHistory {
             base_gen: self.gen,
             state: RevState::Taking,
             op,
+            firmware: None,
         }
     }
 
@@ -307,6 +332,34 @@ impl Store {
 
     pub fn path_for(&self, overlay: &Path) -> PathBuf {
         Journal::at(&self.dir).path_for(overlay)
+    }
+
+    /// Writes the UEFI variables of revision `id` of the disk of `overlay` (atomically).
+    fn write_firmware(
+        &self,
+        overlay: &Path,
+        id: u64,
+        vars: &[u8],
+        base_vars: &[u8],
+    ) -> Result<RevFirmware, String> {
+        let json = self.path_for(overlay);
+        let stem = json.file_stem().unwrap_or_default().to_string_lossy();
+        let kept = RevFirmware {
+            vars: self.dir.join(format!("{stem}.{id}.vars.fd")),
+            base_vars: self.dir.join(format!("{stem}.{id}.base-vars.fd")),
+        };
+        for (path, data) in [(&kept.vars, vars), (&kept.base_vars, base_vars)] {
+            let tmp = path.with_extension("fd.tmp");
+            let write = || -> std::io::Result<()> {
+                let mut f = fs::File::create(&tmp)?;
+                f.write_all(data)?;
+                f.sync_all()?;
+                fs::rename(&tmp, path)
+            };
+            write().map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        sync_dir(&self.dir).map_err(|e| e.to_string())?;
+        Ok(kept)
     }
 
     /// The history of `disk` as stored (a new one if there is none).
@@ -437,6 +490,7 @@ fn reconcile(h: &mut DiskHistory, keep_taking: Option<&str>) {
             r.state = RevState::Ready;
             true
         } else {
+            remove_firmware(r);
             false
         }
     });
@@ -578,6 +632,45 @@ pub fn base_written(journal: &Journal, disk: &ManagedDisk) {
     }
 }
 
+/// Removes the copies of a revision's UEFI variables (a leftover only costs space).
+fn remove_firmware(r: &Revision) {
+    for f in r.firmware.iter().flat_map(|k| [&k.vars, &k.base_vars]) {
+        if let Err(e) = fs::remove_file(f) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                log::warn!("{}: {e}", f.display());
+            }
+        }
+    }
+}
+
+/// After a whole-VM commit or discard of a UEFI VM's only disk: keeps the variables that go
+/// with the revision the operation took (the one Undo goes back to), if it took one.
+/// `vars`: the VM's variables in that state; `base_vars`: those recorded for its base.
+pub fn keep_firmware(
+    journal: &Journal,
+    disk: &ManagedDisk,
+    vars: &[u8],
+    base_vars: &[u8],
+) -> Result<(), String> {
+    if unsupported(disk).is_some() {
+        return Ok(());
+    }
+    let store = Store::beside(journal);
+    store
+        .update(disk, |h| -> Result<(), String> {
+            let Some(id) = h.undo.as_ref().map(|u| u.revision) else {
+                return Ok(());
+            };
+            let Some(mut rev) = h.get(id).cloned() else {
+                return Ok(());
+            };
+            rev.firmware = Some(store.write_firmware(&disk.overlay, id, vars, base_vars)?);
+            h.set(rev);
+            Ok(())
+        })
+        .map_err(io)?
+}
+
 /// Discard hook, right before the rebuild replaces the overlay: it is kept.
 pub fn before_discard(journal: &Journal, rec: &Record, changed: u64) -> Result<(), String> {
     if unsupported(&rec.disk).is_some() || changed == 0 {
@@ -658,6 +751,7 @@ pub fn retain(journal: &Journal, disk: &ManagedDisk) -> Result<usize, String> {
                         Err(e) => return Err(format!("{}: {e}", f.display())),
                     }
                 }
+                remove_firmware(&r);
                 h.revisions.retain(|x| x.id != r.id);
                 store.save(h).map_err(io)?;
                 removed += 1;
@@ -724,6 +818,9 @@ pub struct HistoryRecord {
     pub uuid: Option<String>,
     pub disk: ManagedDisk,
     pub started: String,
+    /// A rollback whose UEFI variables follow the disk.
+    #[serde(default)]
+    pub firmware: Option<FirmwareFollow>,
 }
 
 impl HistoryRecord {
@@ -741,6 +838,7 @@ impl HistoryRecord {
             uuid: check.uuid(),
             disk: disk.clone(),
             started: now(),
+            firmware: None,
         }
     }
 }
@@ -841,7 +939,9 @@ pub fn preflight_rollback(
 
 /// Rolls `disk` of `vm` back to revision `id`: the state left is recorded first (returned:
 /// its id), then the base goes back to the revision's snapshot and the overlay to its kept
-/// file (or empty). Blocking.
+/// file (or empty). With `firmware` (a UEFI VM whose only disk this is), the variables follow:
+/// the state left keeps the current ones, and the revision's own are put back, with those of
+/// its base recorded as the base's (what a later discard puts back). Blocking.
 pub fn rollback(
     uri: &str,
     vm: &str,
@@ -849,6 +949,7 @@ pub fn rollback(
     id: u64,
     check: &dyn DomainCheck,
     journal: &Journal,
+    firmware: Option<FirmwareFollow>,
 ) -> Result<u64, OpError> {
     preflight_rollback(vm, disk, id, check, journal)?;
     let leave = Store::beside(journal)
@@ -869,7 +970,8 @@ pub fn rollback(
         leave,
         applying: false,
     };
-    let rec = HistoryRecord::new(step, uri, vm, check, disk);
+    let mut rec = HistoryRecord::new(step, uri, vm, check, disk);
+    rec.firmware = firmware;
     begin(journal, &rec)?;
     run_record(rec, check, journal)?;
     // Undoing a rollback goes back to the state it left.
@@ -1042,6 +1144,20 @@ fn run_record(
                 if let Some(f) = &rev.overlay_file {
                     keep_overlay(&disk.overlay, f)?;
                 }
+                // The variables of the state being left, and of its base.
+                if let Some(fw) = &rec.firmware {
+                    let recorded = FirmwareStore::beside(journal.dir()).path_for(&fw.uuid);
+                    match (fs::read(&fw.nvram), fs::read(&recorded)) {
+                        (Ok(vars), Ok(base)) => {
+                            rev.firmware =
+                                Some(store.write_firmware(&disk.overlay, leave, &vars, &base)?);
+                        }
+                        (Err(e), _) | (_, Err(e)) => log::warn!(
+                            "{}: the firmware variables of the state left are not kept: {e}",
+                            disk.overlay.display()
+                        ),
+                    }
+                }
                 rev.state = RevState::Ready;
                 h.set(rev);
                 Ok(())
@@ -1093,6 +1209,22 @@ fn run_record(
             h.base_stamp = Stamp::of(&h.base).ok();
         })
         .map_err(|e| failed(&overlay, io(e), rollback_data()))?;
+    // The revision's firmware variables go back, and those of its base are recorded.
+    if let (Some(fw), Some(kept)) = (&rec.firmware, &rev.firmware) {
+        let restore = FirmwareRestore {
+            from: kept.vars.clone(),
+            nvram: fw.nvram.clone(),
+        };
+        firmware::restore(&restore)
+            .and_then(|_| FirmwareStore::beside(journal.dir()).record(&fw.uuid, &kept.base_vars))
+            .map_err(|e| {
+                failed(
+                    &overlay,
+                    format!("the firmware variables {}: {e}", fw.nvram.display()),
+                    rollback_data(),
+                )
+            })?;
+    }
     if let Err(e) = retain(journal, &disk) {
         log::warn!("{}: expiring old revisions: {e}", overlay.display());
     }
