@@ -347,6 +347,14 @@ fn firmware_variables_follow_an_undo_and_a_rollback() {
     assert!(reads_pattern(&vm.overlay, 0x6c, "0", "1M"));
     assert!(reads_pattern(&vm.base, 0x6b, "0", "1M"));
     assert_eq!(vars(), "vars 3");
+    // Killed on its way, an undo (back to after the discard of session 4) is finished at the
+    // next start, the variables included.
+    killed_at(s, uri, "history-rollback-apply", &["undo", name, "--yes"]);
+    assert_eq!(vars(), "vars 3", "not yet applied");
+    ok(s, uri, &["status", name]);
+    assert!(journal_empty(s));
+    assert_eq!(changed(&vm.overlay), 0);
+    assert_eq!(vars(), "vars 1");
 
     // Expiry removes the copies of the expired revisions' variables.
     let copies = || {
