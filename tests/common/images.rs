@@ -31,16 +31,8 @@ pub fn create_base(path: &Path, size: &str) {
 pub fn create_overlay(path: &Path, backing_ref: &str) {
     super::run_ok(
         Command::new("qemu-img")
-            .args([
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-F",
-                "qcow2",
-                "-b",
-                backing_ref,
-            ])
+            .args("create -q -f qcow2 -F qcow2 -b".split(' '))
+            .arg(backing_ref)
             .arg(path)
             .current_dir(path.parent().unwrap()),
     );

@@ -82,6 +82,14 @@ class Wayland:
                 on_event(obj, opcode, body)
 
 
+def press(wl, fake, request, code):
+    """Presses and releases a button or key (state 1, then 0)."""
+    wl.send(fake, request, struct.pack("<II", code, 1))
+    wl.roundtrip()
+    time.sleep(0.05)
+    wl.send(fake, request, struct.pack("<II", code, 0))
+
+
 def main(steps):
     wl = Wayland()
     registry = wl.new_id()
@@ -113,17 +121,9 @@ def main(steps):
             x, y = float(next(it)), float(next(it))
             wl.send(fake, MOTION_ABSOLUTE, fixed(x) + fixed(y))
         elif step == "click":
-            b = BUTTONS[next(it)]
-            wl.send(fake, BUTTON, struct.pack("<II", b, 1))
-            wl.roundtrip()
-            time.sleep(0.05)
-            wl.send(fake, BUTTON, struct.pack("<II", b, 0))
+            press(wl, fake, BUTTON, BUTTONS[next(it)])
         elif step == "key":
-            k = KEYS[next(it)]
-            wl.send(fake, KEYBOARD_KEY, struct.pack("<II", k, 1))
-            wl.roundtrip()
-            time.sleep(0.03)
-            wl.send(fake, KEYBOARD_KEY, struct.pack("<II", k, 0))
+            press(wl, fake, KEYBOARD_KEY, KEYS[next(it)])
         elif step == "sleep":
             wl.roundtrip()
             time.sleep(int(next(it)) / 1000)
