@@ -10,7 +10,8 @@
 //!
 //! Target: history on within 3 % of off.
 //!
-//! Options: `--mib N` (dirty size, default 1024), `--rounds N` (pairs of runs, default 4).
+//! Options: `--mib N` (dirty size, default 1024), `--rounds N` (pairs of runs, default 4),
+//! `--raw 1` (a raw base: history keeps an undo delta of what the commit overwrites).
 
 #[path = "support/args.rs"]
 mod args;
@@ -27,13 +28,25 @@ use vmoverlay::overlay::{history, ops, Journal, OpKind, Request};
 
 /// One commit of `mib` MiB, over data the base holds there already or into its free space;
 /// its duration.
-fn one(root: &Path, mib: usize, over_data: bool, with_history: bool) -> Duration {
+fn one(root: &Path, mib: usize, over_data: bool, with_history: bool, raw: bool) -> Duration {
     let dir = root.join(if with_history { "on" } else { "off" });
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     // The base holds data in its first `mib` MiB; the overlay writes there, or after it.
     let at = if over_data { 0 } else { mib };
-    let (_, overlay) = dirty_pair_at(&dir, mib, mib, at);
+    let (base, overlay) = dirty_pair_at(&dir, mib, mib, at);
+    if raw {
+        let raw_base = dir.join("base.raw");
+        run(Command::new("qemu-img")
+            .args(["convert", "-q", "-O", "raw"])
+            .arg(&base)
+            .arg(&raw_base));
+        run(Command::new("qemu-img")
+            .args(["rebase", "-q", "-u", "-F", "raw", "-b"])
+            .arg(&raw_base)
+            .arg(&overlay));
+        std::fs::remove_file(&base).unwrap();
+    }
     run(&mut Command::new("sync"));
     let journal = Journal::at(dir.join("state/journal"));
     let disk = inspect_overlay("vda", &overlay).unwrap();
@@ -63,11 +76,15 @@ fn one(root: &Path, mib: usize, over_data: bool, with_history: bool) -> Duration
 fn main() {
     let mib: usize = arg("--mib", 1024);
     let rounds: usize = arg("--rounds", 4);
+    let raw = arg("--raw", 0) == 1;
     let root = tempfile::Builder::new()
         .prefix("vmoverlay-bench-history-")
         .tempdir_in(std::env::var_os("TMPDIR").unwrap_or_else(|| "/var/tmp".into()))
         .unwrap();
-    println!("commit of {mib} MiB, history on vs off ({rounds} rounds, alternating)");
+    let kind = if raw { "raw" } else { "qcow2" };
+    println!(
+        "commit of {mib} MiB into a {kind} base, history on vs off ({rounds} rounds, alternating)"
+    );
     for (over_data, case) in [(false, "into free space"), (true, "over data")] {
         let (mut on, mut off) = (Vec::new(), Vec::new());
         println!();
@@ -76,11 +93,11 @@ fn main() {
         for i in 0..rounds {
             // Alternate which goes first, so caches and the disk's state favour neither.
             let (a, b) = if i % 2 == 0 {
-                let a = one(root.path(), mib, over_data, true);
-                (a, one(root.path(), mib, over_data, false))
+                let a = one(root.path(), mib, over_data, true, raw);
+                (a, one(root.path(), mib, over_data, false, raw))
             } else {
-                let b = one(root.path(), mib, over_data, false);
-                (one(root.path(), mib, over_data, true), b)
+                let b = one(root.path(), mib, over_data, false, raw);
+                (one(root.path(), mib, over_data, true, raw), b)
             };
             println!("{:<6} {:>12} {:>12}", i + 1, secs(a), secs(b));
             on.push(a);

@@ -604,26 +604,25 @@ fn retention_keeps_n_and_pins_and_reclaims_space() {
     assert_eq!(history(s, &bed.uri, &vm.name).len(), 1);
 }
 
-/// Refusals with their own exit code, nothing changed: history of a raw base or through the
-/// libvirt engine (17), an unknown revision (3), a rollback while the guest runs (5) or while
-/// another domain uses the base (7).
-#[test]
-fn history_refusals() {
-    let bed = testbed_shared();
-    let state = state_dir();
-    let s = state.path();
-
-    let raw = StateVm::shut_off(&bed.uri, "vmo-hist-raw");
-    std::fs::remove_file(&raw.base).unwrap();
+/// A VM whose overlay is over a raw base of 64 MiB holding 0x11 in its first 8 MiB; the
+/// overlay holds 0x5a in its first MiB.
+fn raw_vm(uri: &str, name: &str) -> StateVm {
+    let vm = StateVm::shut_off(uri, name);
+    std::fs::remove_file(&vm.base).unwrap();
     qemu_img(&[
         "create",
         "-q",
         "-f",
         "raw",
-        raw.base.to_str().unwrap(),
-        "16M",
+        vm.base.to_str().unwrap(),
+        "64M",
     ]);
-    std::fs::remove_file(&raw.overlay).unwrap();
+    common::run_ok(
+        std::process::Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "write -P 0x11 0 8M"])
+            .arg(&vm.base),
+    );
+    std::fs::remove_file(&vm.overlay).unwrap();
     qemu_img(&[
         "create",
         "-q",
@@ -632,23 +631,142 @@ fn history_refusals() {
         "-F",
         "raw",
         "-b",
-        raw.base.to_str().unwrap(),
-        raw.overlay.to_str().unwrap(),
+        vm.base.to_str().unwrap(),
+        vm.overlay.to_str().unwrap(),
     ]);
-    for args in [
-        vec!["history", raw.name.as_str()],
-        vec!["rollback", raw.name.as_str(), "1", "--yes"],
-        vec!["keep", raw.name.as_str(), "2"],
-    ] {
-        let mut full = args.clone();
-        full.extend(["--connect", &bed.uri]);
-        let ran = vmoverlay(s, &full);
-        assert_eq!(ran.code, 17, "{args:?}: {ran:?}");
+    qemu_io(&vm.overlay, &["write -P 0x5a 0 1M"]);
+    vm
+}
+
+fn delta_files(state: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(state.join("history"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.to_string_lossy().ends_with(".delta.qcow2"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A raw base keeps revisions as undo deltas (the bytes a commit overwrites, copied before it
+/// writes): commits are rolled back and forward byte for byte, a commit and a discard are
+/// undone, a pinned old revision keeps the newer deltas it is reached through, a base
+/// changed behind VM Overlay's back makes the older revisions unrestorable (nothing changed),
+/// and a commit killed while its delta is written is finished at the next start.
+#[test]
+fn a_raw_base_keeps_revisions_as_undo_deltas() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let s = state.path();
+    let uri = bed.uri.as_str();
+    let vm = raw_vm(uri, "vmo-hist-raw");
+    let name = vm.name.as_str();
+    let raw = |offset: &str, len: &str, pattern: u8| {
+        common::images::reads_pattern_as("raw", &vm.base, pattern, offset, len)
+    };
+    ok(s, uri, &["keep", name, "10"]);
+    let original = checksum(&vm.base);
+    ok(s, uri, &["commit", name, "--yes"]);
+    assert!(raw("0", "1M", 0x5a));
+    qemu_io(&vm.overlay, &["write -P 0x6b 4M 2M"]);
+    ok(s, uri, &["commit", name, "--yes"]);
+    let two_commits = checksum(&vm.base);
+    let list = history(s, uri, name);
+    assert_eq!(kinds(&list), ["commit", "commit"], "{list:?}");
+    assert!(list.iter().all(|r| r["restorable"] == true), "{list:?}");
+    let (second, first) = (ids(&list)[0], ids(&list)[1]);
+    // Each delta holds what its commit overwrote (0x11 there), and passes qemu-img check.
+    let deltas = delta_files(s);
+    assert_eq!(deltas.len(), 2, "{deltas:?}");
+    for d in &deltas {
+        qemu_img(&["check", "-q", "-f", "qcow2", d.to_str().unwrap()]);
         assert!(
-            ran.stderr.contains("raw") && ran.stderr.contains("qcow2"),
-            "{ran:?}"
+            allocated(d) < 4 << 20,
+            "{}: only what was overwritten",
+            d.display()
         );
     }
+
+    // Back to before the first commit, forward again, byte for byte.
+    ok(s, uri, &["rollback", name, &first.to_string(), "--yes"]);
+    assert_eq!(checksum(&vm.base), original);
+    assert_eq!(changed(&vm.overlay), 0);
+    let left = ids(&history(s, uri, name))[0];
+    ok(s, uri, &["rollback", name, &left.to_string(), "--yes"]);
+    assert_eq!(checksum(&vm.base), two_commits);
+    ok(s, uri, &["rollback", name, &second.to_string(), "--yes"]);
+    assert!(raw("0", "1M", 0x5a) && raw("4M", "2M", 0x11));
+
+    // Undo a commit, and a discard.
+    qemu_io(&vm.overlay, &["write -P 0x7c 10M 1M"]);
+    let before = checksum(&vm.base);
+    ok(s, uri, &["commit", name, "--yes"]);
+    assert!(raw("10M", "1M", 0x7c));
+    ok(s, uri, &["undo", name, "--yes"]);
+    assert_eq!(checksum(&vm.base), before);
+    qemu_io(&vm.overlay, &["write -P 0x7d 20M 1M"]);
+    ok(s, uri, &["discard", name, "--yes"]);
+    ok(s, uri, &["undo", name, "--yes"]);
+    assert!(reads_pattern(&vm.overlay, 0x7d, "20M", "1M"));
+    assert_eq!(checksum(&vm.base), before);
+
+    // Retention: with the oldest pinned, the newer deltas it is reached through stay.
+    ok(s, uri, &["pin", name, &first.to_string()]);
+    ok(s, uri, &["keep", name, "1"]);
+    let list = history(s, uri, name);
+    assert!(list.len() > 2, "{list:?}");
+    assert!(list.iter().all(|r| r["restorable"] == true), "{list:?}");
+    ok(s, uri, &["unpin", name, &first.to_string()]);
+    ok(s, uri, &["keep", name, "1"]);
+    let list = history(s, uri, name);
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert!(delta_files(s).len() <= 1, "{:?}", delta_files(s));
+
+    // Another program writes the base: what came before can no longer be reached.
+    ok(s, uri, &["keep", name, "5"]);
+    ok(s, uri, &["commit", name, "--yes"]);
+    let rev = ids(&history(s, uri, name))[0];
+    common::run_ok(
+        std::process::Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "write -P 0x99 30M 1M"])
+            .arg(&vm.base),
+    );
+    let changed_base = checksum(&vm.base);
+    let ran = vmoverlay(
+        s,
+        &[
+            "rollback",
+            name,
+            &rev.to_string(),
+            "--yes",
+            "--connect",
+            uri,
+        ],
+    );
+    assert_eq!(ran.code, 18, "{ran:?}");
+    assert_eq!(checksum(&vm.base), changed_base, "nothing changed");
+
+    // Killed while the commit's delta is written: the next start finishes the commit.
+    qemu_io(&vm.overlay, &["write -P 0x42 40M 1M"]);
+    killed_at(s, uri, "history-snapshot", &["commit", name, "--yes"]);
+    ok(s, uri, &["status", name]);
+    assert!(journal_empty(s));
+    assert!(raw("40M", "1M", 0x42));
+    assert_eq!(changed(&vm.overlay), 0);
+    let newest = history(s, uri, name);
+    assert_eq!(kinds(&newest)[0], "commit", "{newest:?}");
+    ok(s, uri, &["undo", name, "--yes"]);
+    assert_eq!(checksum(&vm.base), changed_base);
+}
+
+/// Refusals with their own exit code, nothing changed: history through the libvirt engine
+/// (17), an unknown revision (3), a rollback while the guest runs (5) or while another domain
+/// uses the base (7).
+#[test]
+fn history_refusals() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let s = state.path();
 
     let vm = StateVm::shut_off(&bed.uri, "vmo-hist-refused");
     let ran = vmoverlay(

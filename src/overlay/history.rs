@@ -23,10 +23,12 @@
 //!   and snapshots or bitmaps in the overlay are refused), and `qemu-img check` of a base with
 //!   snapshots passes, so revisions live in the base.
 //!
-//! # What is not covered, and what it would cost
-//! - **Raw bases** have no internal snapshots: a revision would be a full copy of the base
-//!   (time and space of the whole disk), or a reflink where the filesystem has them (btrfs,
-//!   XFS). Refused for now, with its own message and exit code.
+//! # Raw bases, and what is not covered
+//! - **Raw bases** have no internal snapshots: before a commit writes one, the bytes it will
+//!   overwrite are copied into an *undo delta* ([`super::delta`]), and a rollback writes the
+//!   deltas back, newest first, after keeping what it overwrites in a delta of its own. Each
+//!   delta records the base's generation before and after its operation, so a chain broken by
+//!   a change nobody recorded is refused instead of applied.
 //! - **The libvirt engine** (root-owned images, written only by libvirtd): an internal
 //!   snapshot through libvirt is a libvirt snapshot (its metadata then blocks commits, by
 //!   design), or a QMP command in the paused QEMU the engine starts; a kept overlay would need
@@ -118,6 +120,14 @@ pub struct Revision {
     /// A UEFI VM's variables that go with this state (copies in the history folder).
     #[serde(default)]
     pub firmware: Option<RevFirmware>,
+    /// On a raw base: the undo delta holding what the operation after it overwrote (see
+    /// [`super::delta`]).
+    #[serde(default)]
+    pub delta: Option<PathBuf>,
+    /// On a raw base: the base's generation once the operation after it wrote (its delta
+    /// takes the base from that generation back to `base_gen`).
+    #[serde(default)]
+    pub after_gen: Option<u64>,
 }
 
 /// The UEFI variables that go with a revision's state: a rollback to it puts them back.
@@ -139,11 +149,12 @@ pub struct FirmwareFollow {
 impl Revision {
     /// The bytes this revision holds on disk, where known.
     pub fn held_bytes(&self) -> Option<u64> {
-        let file = self
-            .overlay_file
-            .as_ref()
-            .and_then(|f| fs::metadata(f).ok())
-            .map(|m| m.blocks() * 512);
+        let file = [&self.overlay_file, &self.delta]
+            .into_iter()
+            .flatten()
+            .filter_map(|f| fs::metadata(f).ok())
+            .map(|m| m.blocks() * 512)
+            .reduce(|a, b| a + b);
         match (self.snapshot.as_ref().and(self.bytes), file) {
             (None, None) => None,
             (a, b) => Some(a.unwrap_or(0) + b.unwrap_or(0)),
@@ -167,6 +178,9 @@ pub struct DiskHistory {
     /// What "Undo" goes back to, see [`undo_point`].
     #[serde(default)]
     pub undo: Option<UndoPoint>,
+    /// The base is a raw file: revisions keep undo deltas instead of internal snapshots.
+    #[serde(default)]
+    pub raw: bool,
 }
 
 /// The revision the disk's last commit, discard or rollback took, and its overlay as that
@@ -232,6 +246,7 @@ impl DiskHistory {
             base_stamp: None,
             revisions: Vec::new(),
             undo: None,
+            raw: disk.base_format == "raw",
         }
     }
 
@@ -245,7 +260,39 @@ impl DiskHistory {
 
     /// Whether revision `r` can be rolled back to now.
     pub fn restorable(&self, r: &Revision) -> bool {
+        if self.raw {
+            return self.deltas_to(r, None).is_some();
+        }
         r.snapshot.is_some() || r.base_gen == self.gen
+    }
+
+    /// On a raw base: the undo deltas that take the base from now back to what it was when
+    /// revision `r` was taken, newest first (those of revisions from `r` on, below `below`).
+    /// `None` when that chain is broken: a delta file is missing, or the base changed without
+    /// one (another program wrote it, a commit ran with history off).
+    fn deltas_to(&self, r: &Revision, below: Option<u64>) -> Option<Vec<&Revision>> {
+        let mut newer: Vec<&Revision> = self
+            .ready()
+            .filter(|x| x.id >= r.id && below.is_none_or(|b| x.id < b) && x.delta.is_some())
+            .collect();
+        newer.sort_by_key(|x| std::cmp::Reverse(x.id));
+        let mut gen = self.gen;
+        let mut chain = Vec::new();
+        for x in newer {
+            match x.after_gen {
+                Some(after) if after == gen => {
+                    if !x.delta.as_ref().is_some_and(|d| d.exists()) {
+                        return None;
+                    }
+                    chain.push(x);
+                    gen = x.base_gen;
+                }
+                // Its operation has not written the base (failed before it did).
+                _ if x.base_gen == gen => {}
+                _ => return None,
+            }
+        }
+        (gen == r.base_gen).then_some(chain)
     }
 
     /// Bytes held by every revision, where known.
@@ -284,6 +331,8 @@ impl DiskHistory {
             state: RevState::Taking,
             op,
             firmware: None,
+            delta: None,
+            after_gen: None,
         }
     }
 
@@ -304,9 +353,9 @@ pub fn unsupported(disk: &ManagedDisk) -> Option<String> {
     if disk.engine == Engine::Libvirt {
         return Some(tr("its images are worked on by libvirtd (the libvirt engine), which cannot keep revisions yet"));
     }
-    if disk.base_format != "qcow2" {
+    if disk.base_format != "qcow2" && disk.base_format != "raw" {
         return Some(tr_f(
-            "its base is a {format} image; revisions need a qcow2 base (internal snapshots)",
+            "its base is a {format} image; revisions need a qcow2 or raw base",
             &[("format", &disk.base_format)],
         ));
     }
@@ -332,6 +381,13 @@ impl Store {
 
     pub fn path_for(&self, overlay: &Path) -> PathBuf {
         Journal::at(&self.dir).path_for(overlay)
+    }
+
+    /// Where the undo delta of revision `id` of the disk of `overlay` is kept.
+    fn delta_path(&self, overlay: &Path, id: u64) -> PathBuf {
+        let json = self.path_for(overlay);
+        let stem = json.file_stem().unwrap_or_default().to_string_lossy();
+        self.dir.join(format!("{stem}.{id}.delta.qcow2"))
     }
 
     /// Writes the UEFI variables of revision `id` of the disk of `overlay` (atomically).
@@ -464,6 +520,53 @@ fn keep_overlay(overlay: &Path, kept: &Path) -> Result<(), String> {
     sync_dir(dir).map_err(|e| e.to_string())
 }
 
+/// Writes the undo delta `path` of a raw base, holding what the base has now in `ranges`,
+/// unless it was written already (a delta that exists is whole).
+fn take_delta(disk: &ManagedDisk, ranges: &[(u64, u64)], path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return Ok(());
+    }
+    let size = super::qcow2::Image::open(&disk.overlay)
+        .map_err(|e| format!("{}: {e}", disk.overlay.display()))?
+        .virtual_size();
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    super::delta::write(&disk.base, ranges, size, path)
+        .map(|_| ())
+        .map_err(|e| format!("writing the undo delta {}: {e}", path.display()))
+}
+
+/// On a raw base, what a rollback to `target` (its own revision being `leave`) overwrites:
+/// every range the undo deltas it applies hold.
+fn raw_rollback_ranges(
+    h: &DiskHistory,
+    target: u64,
+    leave: u64,
+) -> Result<Vec<(u64, u64)>, String> {
+    let rev = h
+        .get(target)
+        .ok_or_else(|| format!("revision {target} is gone"))?;
+    let chain = h
+        .deltas_to(rev, Some(leave))
+        .ok_or_else(|| format!("the base no longer leads back to revision {target}"))?;
+    let mut ranges = Vec::new();
+    for r in chain {
+        ranges.extend(super::delta::held_ranges(
+            r.delta.as_deref().unwrap_or(Path::new("")),
+        )?);
+    }
+    Ok(ranges)
+}
+
+/// Writes the undo delta `delta` back into the raw base (`qemu-img commit -d`; repeating it
+/// is harmless).
+fn apply_delta(h: &mut DiskHistory, delta: &Path) -> Result<(), String> {
+    qemu_img_run(&["commit", "-q", "-d", "-f", "qcow2"], delta)?;
+    h.base_stamp = Stamp::of(&h.base).ok();
+    Ok(())
+}
+
 /// The tag of the operation of `rec`: unique per commit or discard of one overlay.
 fn op_tag(rec: &Record) -> String {
     format!(
@@ -485,7 +588,10 @@ fn reconcile(h: &mut DiskHistory, keep_taking: Option<&str>) {
             return true;
         }
         let snap_ok = r.snapshot.as_ref().is_none_or(|s| snaps.contains(s));
-        let file_ok = r.overlay_file.as_ref().is_none_or(|f| f.exists());
+        let file_ok = [&r.overlay_file, &r.delta]
+            .into_iter()
+            .flatten()
+            .all(|f| f.exists());
         if snap_ok && file_ok {
             r.state = RevState::Ready;
             true
@@ -524,8 +630,8 @@ pub fn before_commit(
             let mut rev = match existing {
                 Some(r) if r.state != RevState::Taking => {
                     let crashed = resumed && rec.boot.is_some() && rec.boot != boot_id();
-                    if let (true, Some(snap)) = (crashed, r.snapshot.as_deref()) {
-                        undo_unflushed_commit(h, snap)?;
+                    if crashed {
+                        undo_unflushed_commit(h, &r)?;
                     }
                     return Ok(CommitWrites::Protected);
                 }
@@ -533,7 +639,11 @@ pub fn before_commit(
                 None if resumed || h.keep == 0 => return Ok(CommitWrites::Ordered),
                 None => {
                     let mut r = h.new_revision(RevKind::Commit, Some(tag.clone()));
-                    r.snapshot = Some(format!("vmoverlay-{}", r.id));
+                    if h.raw {
+                        r.delta = Some(store.delta_path(&h.overlay, r.id));
+                    } else {
+                        r.snapshot = Some(format!("vmoverlay-{}", r.id));
+                    }
                     r.bytes = Some(changed);
                     r
                 }
@@ -542,7 +652,13 @@ pub fn before_commit(
             h.set(rev.clone());
             store.save(h).map_err(io)?;
             kill_point("history-snapshot");
-            snapshot_base(h, rev.snapshot.as_deref().unwrap_or_default())?;
+            match &rev.delta {
+                // What the commit will overwrite: every cluster the overlay holds.
+                Some(d) => {
+                    take_delta(&rec.disk, &super::delta::held_ranges(&rec.disk.overlay)?, d)?
+                }
+                None => snapshot_base(h, rev.snapshot.as_deref().unwrap_or_default())?,
+            }
             rev.state = RevState::Ready;
             h.set(rev);
             Ok(CommitWrites::Protected)
@@ -554,11 +670,19 @@ pub fn before_commit(
 /// are rebuilt from its tables (`qemu-img check -r all`; the snapshot's tables and clusters
 /// were never written by the commit, which copies on write), then the base is put back to
 /// the revision `snap` taken right before, so the commit starts again from a consistent base.
-fn undo_unflushed_commit(h: &mut DiskHistory, snap: &str) -> Result<(), String> {
+fn undo_unflushed_commit(h: &mut DiskHistory, rev: &Revision) -> Result<(), String> {
     log::warn!(
-        "{}: the machine went down during a commit; the base goes back to {snap} and the commit is made again",
-        h.base.display()
+        "{}: the machine went down during a commit; the base goes back to revision {} and the commit is made again",
+        h.base.display(),
+        rev.id
     );
+    if let Some(delta) = &rev.delta {
+        // A raw base: the delta holds every byte the commit may have written.
+        return apply_delta(h, delta);
+    }
+    let Some(snap) = rev.snapshot.as_deref() else {
+        return Ok(());
+    };
     let out = image::qemu_img()
         .args(["check", "-q", "-r", "all", "-f", "qcow2"])
         .arg(&h.base)
@@ -619,13 +743,23 @@ pub fn undo_point(journal: &Journal, disk: &ManagedDisk) -> Option<u64> {
 }
 
 /// Commit hook, after the commit wrote the base: the base holds new content.
-pub fn base_written(journal: &Journal, disk: &ManagedDisk) {
+pub fn base_written(journal: &Journal, rec: &Record) {
+    let disk = &rec.disk;
     if unsupported(disk).is_some() {
         return;
     }
+    let tag = op_tag(rec);
     let r = Store::beside(journal).update(disk, |h| {
         h.bump_gen();
         h.base_stamp = Stamp::of(&h.base).ok();
+        let gen = h.gen;
+        if let Some(r) = h
+            .revisions
+            .iter_mut()
+            .find(|r| r.op.as_deref() == Some(&tag))
+        {
+            r.after_gen = Some(gen);
+        }
     });
     if let Err(e) = r {
         log::warn!("{}: {e}", disk.overlay.display());
@@ -723,8 +857,17 @@ pub fn retain(journal: &Journal, disk: &ManagedDisk) -> Result<usize, String> {
             let mut ready: Vec<u64> = h.ready().map(|r| r.id).collect();
             ready.sort_unstable_by(|a, b| b.cmp(a));
             let old: Vec<u64> = ready.into_iter().skip(h.keep as usize).collect();
+            // On a raw base an older revision is reached through every newer undo delta:
+            // those stay while an older revision stays (a pinned one).
+            let oldest_kept = h
+                .ready()
+                .filter(|r| !old.contains(&r.id) || r.pinned)
+                .map(|r| r.id)
+                .min();
+            let raw = h.raw;
             for r in h.revisions.iter_mut() {
-                if old.contains(&r.id) && !r.pinned {
+                let needed = raw && r.delta.is_some() && oldest_kept.is_some_and(|k| r.id > k);
+                if old.contains(&r.id) && !r.pinned && !needed {
                     r.state = RevState::Expiring;
                 }
             }
@@ -743,7 +886,7 @@ pub fn retain(journal: &Journal, disk: &ManagedDisk) -> Result<usize, String> {
                     qemu_img_run(&["snapshot", "-q", "-d", s], &h.base)?;
                     h.base_stamp = Stamp::of(&h.base).ok();
                 }
-                if let Some(f) = &r.overlay_file {
+                for f in [&r.overlay_file, &r.delta].into_iter().flatten() {
                     match fs::remove_file(f) {
                         Ok(()) => sync_dir(f.parent().unwrap_or(Path::new("/")))
                             .map_err(|e| e.to_string())?,
@@ -1123,13 +1266,24 @@ fn run_record(
         store
             .update(&disk, |h| -> Result<(), String> {
                 h.notice_external();
+                // A raw base: what the rollback will overwrite, every range of the undo
+                // deltas it applies, is kept in a delta of its own.
+                let overwritten = if h.raw {
+                    raw_rollback_ranges(h, target, leave)?
+                } else {
+                    Vec::new()
+                };
                 let mut rev = match h.revisions.iter().find(|r| r.id == leave).cloned() {
                     Some(r) => r,
                     None => {
                         let mut r = h.new_revision(RevKind::Rollback, Some(rec.started.clone()));
                         h.next_id -= 1;
                         r.id = leave;
-                        r.snapshot = Some(format!("vmoverlay-{leave}"));
+                        if !h.raw {
+                            r.snapshot = Some(format!("vmoverlay-{leave}"));
+                        } else if !overwritten.is_empty() {
+                            r.delta = Some(store.delta_path(&disk.overlay, leave));
+                        }
                         r.bytes = Some(0);
                         if changed > 0 {
                             r.overlay_file = Some(kept_path(&disk.overlay, leave));
@@ -1140,7 +1294,12 @@ fn run_record(
                 h.set(rev.clone());
                 store.save(h).map_err(io)?;
                 kill_point("history-rollback-record");
-                snapshot_base(h, rev.snapshot.as_deref().unwrap_or_default())?;
+                if let Some(s) = &rev.snapshot {
+                    snapshot_base(h, s)?;
+                }
+                if let Some(d) = &rev.delta {
+                    take_delta(&disk, &overwritten, d)?;
+                }
                 if let Some(f) = &rev.overlay_file {
                     keep_overlay(&disk.overlay, f)?;
                 }
@@ -1192,6 +1351,25 @@ fn run_record(
             )
         })?;
     kill_point("history-rollback-apply");
+    if h.raw {
+        // Each undo delta from the newest down to the revision's (repeating them is harmless).
+        let chain: Vec<PathBuf> = h
+            .deltas_to(&rev, Some(leave))
+            .ok_or_else(|| {
+                failed(
+                    &overlay,
+                    format!("the base no longer leads back to revision {target}"),
+                    rollback_data(),
+                )
+            })?
+            .into_iter()
+            .filter_map(|r| r.delta.clone())
+            .collect();
+        let mut scratch = h.clone();
+        for d in &chain {
+            apply_delta(&mut scratch, d).map_err(|e| failed(&overlay, e, rollback_data()))?;
+        }
+    }
     if let Some(s) = &rev.snapshot {
         qemu_img_run(&["snapshot", "-q", "-a", s], &disk.base)
             .map_err(|e| failed(&overlay, e, rollback_data()))?;
@@ -1203,8 +1381,11 @@ fn run_record(
     .map_err(|e| failed(&overlay, e, rollback_data()))?;
     store
         .update(&disk, |h| {
-            if rev.snapshot.is_some() {
+            if rev.snapshot.is_some() || h.raw {
                 h.gen = rev.base_gen;
+            }
+            if let Some(left) = h.revisions.iter_mut().find(|r| r.id == leave) {
+                left.after_gen = Some(rev.base_gen);
             }
             h.base_stamp = Stamp::of(&h.base).ok();
         })

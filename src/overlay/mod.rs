@@ -17,6 +17,7 @@
 //! - [`ops`]: the orchestration: preconditions, journal, writes, resume;
 //! - [`disposable`]: adopt (make a disk an overlay over its image) and release (the reverse).
 
+pub mod delta;
 pub mod discover;
 pub mod disposable;
 pub mod domain;

@@ -297,7 +297,7 @@ fn execute(
                 &tr("The overlay was kept as it is; check the base before using it"),
             ));
         }
-        super::history::base_written(journal, &rec.disk);
+        super::history::base_written(journal, &rec);
         rec.phase = Phase::Rebuilding;
         // The libvirt engine's QEMU may have touched the overlay's file while committing.
         rec.overlay_stamp = images.stamp(&rec.disk);

@@ -65,7 +65,7 @@ pub fn reads_raw_pattern(path: &Path, pattern: u8, offset: &str, len: &str) -> b
     reads_pattern_as("raw", path, pattern, offset, len)
 }
 
-fn reads_pattern_as(format: &str, path: &Path, pattern: u8, offset: &str, len: &str) -> bool {
+pub fn reads_pattern_as(format: &str, path: &Path, pattern: u8, offset: &str, len: &str) -> bool {
     let out = Command::new("qemu-io")
         .args(["-U", "-r", "-f", format, "-c"])
         .arg(format!("read -P {pattern:#x} {offset} {len}"))
