@@ -431,6 +431,8 @@ impl Machine {
             MonitorEvent::ConnectFailed { uri, .. } => {
                 self.connected.insert(uri, false);
             }
+            // Turned into stops by the model before they reach here.
+            MonitorEvent::Resynced { .. } => {}
             MonitorEvent::Domain(e) => {
                 let key = VmKey::new(&e.uri, &e.domain);
                 match e.kind {

@@ -62,7 +62,7 @@ pub fn watch_line(event: &MonitorEvent, as_json: bool) -> Option<String> {
         } else {
             format!("{}\t{uri}\tdisconnected\t{reason}", rfc3339(*time))
         }),
-        MonitorEvent::ConnectFailed { .. } => None,
+        MonitorEvent::ConnectFailed { .. } | MonitorEvent::Resynced { .. } => None,
     }
 }
 

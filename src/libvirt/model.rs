@@ -3,9 +3,11 @@
 //! Pure logic: it never talks to libvirt. Its one judgement is reconciliation: when a
 //! connection comes back, a domain that was active before the loss and is shut off (or gone)
 //! now stopped while we could not see it, and is reported once as stopped, flagged
-//! `after_reconnect`, with the reason libvirt gives for its state.
+//! `after_reconnect`, with the reason libvirt gives for its state. The listings the monitor
+//! makes again a while after a reconnect ([`MonitorEvent::Resynced`]) are reconciled the same
+//! way for the domains no event has spoken of since, and a stop found so is reported once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::events::{DomainEvent, DomainSnapshot, DomainState, Lifecycle, StateKind, Stopped};
 use super::monitor::MonitorEvent;
@@ -24,6 +26,12 @@ pub struct ConnectionRecord {
     pub seen: bool,
     /// Keyed by UUID, which survives renames.
     pub domains: BTreeMap<String, DomainRecord>,
+    /// Domains an event has spoken of since the last (re)connect: a later listing says
+    /// nothing new about them.
+    touched: BTreeSet<String>,
+    /// Domains whose stop a later listing reported: libvirt's own event for it, should one
+    /// still come, is not reported again.
+    stopped_by_resync: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -100,7 +108,39 @@ impl Model {
                     .collect();
                 conn.connected = true;
                 conn.seen = true;
+                conn.touched.clear();
+                conn.stopped_by_resync.clear();
                 out.insert(0, event);
+                out
+            }
+            MonitorEvent::Resynced { uri, time, domains } => {
+                let conn = self.connections.entry(uri.clone()).or_default();
+                if !conn.connected {
+                    return Vec::new();
+                }
+                let quiet: BTreeMap<String, DomainRecord> = conn
+                    .domains
+                    .iter()
+                    .filter(|(uuid, _)| !conn.touched.contains(*uuid))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let out = reconcile(uri, *time, &quiet, domains);
+                for e in &out {
+                    if let MonitorEvent::Domain(ev) = e {
+                        let now = domains.iter().find(|d| d.uuid == ev.uuid);
+                        match now {
+                            Some(d) => {
+                                if let Some(rec) = conn.domains.get_mut(&ev.uuid) {
+                                    rec.state = d.state;
+                                }
+                            }
+                            None => {
+                                conn.domains.remove(&ev.uuid);
+                            }
+                        }
+                        conn.stopped_by_resync.insert(ev.uuid.clone());
+                    }
+                }
                 out
             }
             MonitorEvent::Disconnected { uri, .. } => {
@@ -112,6 +152,12 @@ impl Model {
             MonitorEvent::ConnectFailed { .. } => vec![event],
             MonitorEvent::Domain(ev) => {
                 let conn = self.connections.entry(ev.uri.clone()).or_default();
+                conn.touched.insert(ev.uuid.clone());
+                if conn.stopped_by_resync.remove(&ev.uuid)
+                    && matches!(ev.kind, Lifecycle::Stopped(_))
+                {
+                    return Vec::new(); // reported already
+                }
                 if let Lifecycle::Undefined(_) = ev.kind {
                     conn.domains.remove(&ev.uuid);
                 } else if let Some(state) = state_after(&ev.kind) {
@@ -305,5 +351,60 @@ mod tests {
         assert!(stops(&out).is_empty());
         m.apply(ev(1, 0));
         assert!(m.domain("qemu:///system", "a").is_none());
+    }
+
+    fn resynced(domains: Vec<DomainSnapshot>) -> MonitorEvent {
+        MonitorEvent::Resynced {
+            uri: "qemu:///system".into(),
+            time: SystemTime::UNIX_EPOCH,
+            domains,
+        }
+    }
+
+    fn stopped(name: &str, detail: i32) -> MonitorEvent {
+        MonitorEvent::Domain(DomainEvent {
+            time: SystemTime::UNIX_EPOCH,
+            uri: "qemu:///system".into(),
+            domain: name.into(),
+            uuid: format!("uuid-{name}"),
+            kind: Lifecycle::from_raw(5, detail),
+            after_reconnect: false,
+            engine_job: None,
+            ended_before_asked: false,
+        })
+    }
+
+    /// libvirtd still reconnecting when the monitor lists: a domain whose QEMU died while it
+    /// was down looks running, and libvirt later marks it shut off without any event. The
+    /// listing made again finds it, once; libvirt's own event, should it come, is not
+    /// reported twice; a domain an event spoke of since the reconnect is left to the events.
+    #[test]
+    fn a_later_listing_reports_a_stop_libvirt_found_after_the_reconnect_once() {
+        let mut m = Model::new();
+        m.apply(connected(vec![snap("killed", 1, 1), snap("busy", 1, 1)]));
+        m.apply(disconnected());
+        let out = m.apply(connected(vec![snap("killed", 1, 1), snap("busy", 1, 1)]));
+        assert!(stops(&out).is_empty(), "both still look running");
+        // "busy" is shut down normally meanwhile: its own event reports it.
+        let out = m.apply(stopped("busy", 0));
+        assert_eq!(stops(&out), vec![("busy".into(), "shutdown".into(), false)]);
+        let later = vec![snap("killed", 5, 3), snap("busy", 5, 1)];
+        let out = m.apply(resynced(later.clone()));
+        assert_eq!(stops(&out), vec![("killed".into(), "crashed".into(), true)]);
+        assert!(!out
+            .iter()
+            .any(|e| matches!(e, MonitorEvent::Resynced { .. })));
+        assert_eq!(
+            m.domain("qemu:///system", "killed").unwrap().state.kind,
+            StateKind::Shutoff
+        );
+        assert!(stops(&m.apply(resynced(later))).is_empty(), "once");
+        assert!(
+            stops(&m.apply(stopped("killed", 3))).is_empty(),
+            "not twice"
+        );
+        // Not while disconnected.
+        m.apply(disconnected());
+        assert!(m.apply(resynced(vec![])).is_empty());
     }
 }

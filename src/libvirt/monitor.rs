@@ -33,6 +33,16 @@ pub enum MonitorEvent {
         time: SystemTime,
         reason: String,
     },
+    /// The domains listed again a while after a reconnect. libvirtd accepts clients while it is
+    /// still reconnecting to its running domains, and one whose QEMU died while it was down is
+    /// then marked shut off without any event: listed at the reconnect it still looked
+    /// running. [`super::model::Model`] turns this into the stops it shows, once; consumers of
+    /// the model never see it.
+    Resynced {
+        uri: String,
+        time: SystemTime,
+        domains: Vec<DomainSnapshot>,
+    },
     /// Opening the connection failed; the monitor retries after `retry_in`.
     ConnectFailed {
         uri: String,
@@ -266,6 +276,43 @@ fn open_session(
     ))
 }
 
+/// When the domains are listed again after a reconnect (see [`MonitorEvent::Resynced`]):
+/// libvirt gives up on a domain's monitor within 30 s.
+const RESYNC_AFTER: [Duration; 4] = [
+    Duration::from_secs(1),
+    Duration::from_secs(3),
+    Duration::from_secs(10),
+    Duration::from_secs(35),
+];
+
+/// Waits for the next control message of a reconnected session, listing the domains again
+/// at [`RESYNC_AFTER`] meanwhile. Nothing is asked once the last one has passed.
+fn wait_resyncing(
+    uri: &str,
+    conn: &Connect,
+    tx: &async_channel::Sender<MonitorEvent>,
+    ctl_rx: &mpsc::Receiver<Control>,
+) -> Result<Control, mpsc::RecvError> {
+    let start = std::time::Instant::now();
+    for at in RESYNC_AFTER {
+        match ctl_rx.recv_timeout(at.saturating_sub(start.elapsed())) {
+            Ok(c) => return Ok(c),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(mpsc::RecvError),
+            Err(mpsc::RecvTimeoutError::Timeout) => match list_domains(conn) {
+                Ok(domains) => {
+                    let _ = tx.try_send(MonitorEvent::Resynced {
+                        uri: uri.to_string(),
+                        time: SystemTime::now(),
+                        domains,
+                    });
+                }
+                Err(e) => log::debug!("{uri}: listing the domains again: {}", e.message()),
+            },
+        }
+    }
+    ctl_rx.recv()
+}
+
 fn run_worker(
     uri: String,
     config: MonitorConfig,
@@ -275,6 +322,7 @@ fn run_worker(
     ctl_rx: mpsc::Receiver<Control>,
 ) {
     let mut backoff = config.backoff_initial;
+    let mut reconnected = false;
     loop {
         match open_session(&uri, &config, &tx, &ctl_tx) {
             Err(e) => {
@@ -303,7 +351,11 @@ fn run_worker(
                 {
                     return; // nobody listens any more
                 }
-                let outcome = ctl_rx.recv();
+                let outcome = if reconnected {
+                    wait_resyncing(&uri, &session.conn, &tx, &ctl_rx)
+                } else {
+                    ctl_rx.recv()
+                };
                 *slot.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 drop(session);
                 match outcome {
@@ -313,6 +365,7 @@ fn run_worker(
                             time: SystemTime::now(),
                             reason: close_reason_word(reason),
                         });
+                        reconnected = true;
                         // Drain a duplicate close notice, then reconnect at once.
                         while let Ok(c) = ctl_rx.try_recv() {
                             if matches!(c, Control::Stop) {
