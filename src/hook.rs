@@ -27,10 +27,17 @@ pub fn emit(event: &str, vm: &VmKey, extra: serde_json::Value) {
 }
 
 /// Tests only (`VMOVERLAY_TEST_KILL_AT=POINT`): the process kills itself (SIGKILL) at POINT,
-/// so a test can prove that an interruption at exactly that step loses nothing.
+/// so a test can prove that an interruption at exactly that step loses nothing. With
+/// `VMOVERLAY_TEST_STOP_AT=POINT` it stops itself (SIGSTOP) there instead, so a test can act
+/// at exactly that step and then let it go on (SIGCONT).
 pub fn kill_point(point: &str) {
+    use nix::sys::signal::{kill, Signal};
+    let this = nix::unistd::Pid::this();
     if std::env::var_os("VMOVERLAY_TEST_KILL_AT").is_some_and(|p| p == point) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::SIGKILL);
+        let _ = kill(this, Signal::SIGKILL);
+    }
+    if std::env::var_os("VMOVERLAY_TEST_STOP_AT").is_some_and(|p| p == point) {
+        let _ = kill(this, Signal::SIGSTOP);
     }
 }
 

@@ -149,6 +149,66 @@ fn a_base_shared_with_another_domain_is_refused() {
     assert_eq!((checksum(&vm.base), checksum(&vm.overlay)), before);
 }
 
+/// Between the end of `qemu-img commit` and the rebuild (the base checked, the journal
+/// updated) the overlay stays held: a guest started exactly then fails to start, and the
+/// commit finishes. (The commit stops itself there: `VMOVERLAY_TEST_STOP_AT`.)
+#[test]
+fn a_domain_started_between_the_commit_and_the_rebuild_fails_to_start() {
+    let bed = testbed_shared();
+    let state = tempfile::tempdir().unwrap();
+    let vm = TestVm::define(&bed.uri, "vmo-gap", &Behaviour::default());
+    qemu_io(&vm.overlay, &["write -P 0x3d 0 4M"]);
+    let commit = Command::new(bin())
+        .args(["commit", &vm.name, "--yes", "--connect", &bed.uri])
+        .env("VMOVERLAY_STATE_DIR", state.path())
+        .env("VMOVERLAY_TEST_STOP_AT", "commit-written")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = commit.id().to_string();
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit(") ").next().is_some_and(|r| r.starts_with('T')))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !stopped() {
+        assert!(
+            Instant::now() < deadline,
+            "the commit never reached its end"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        reads_pattern(&vm.base, 0x3d, "0", "4M"),
+        "the base is written"
+    );
+    let start = Command::new("virsh")
+        .args(["-q", "-c", &bed.uri, "start", &vm.name])
+        .output()
+        .unwrap();
+    let cont = Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    assert!(cont.success());
+    let out = commit.wait_with_output().unwrap();
+    assert!(
+        !start.status.success(),
+        "the domain started on the overlay about to be replaced"
+    );
+    let why = String::from_utf8_lossy(&start.stderr);
+    assert!(
+        why.contains("lock"),
+        "start failed for another reason: {why}"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(vm.domstate().starts_with("shut off"));
+    assert_eq!(changed(&vm.overlay), 0);
+    assert!(reads_pattern(&vm.base, 0x3d, "0", "4M"));
+}
+
 #[test]
 fn a_domain_started_while_its_commit_runs_fails_to_start_cleanly() {
     let bed = testbed_shared();

@@ -64,6 +64,9 @@ pub trait ImageEngine: Send + Sync {
     /// Keeps QEMU from opening `path` until the guard is dropped, or refuses if someone has it
     /// open now.
     fn hold(&self, path: &Path) -> Result<Hold, OpError>;
+    /// Lets go of what [`Self::commit`] kept holding for the rebuild, when the operation ends
+    /// before it (the rebuild takes it itself).
+    fn release_held(&self, _disk: &ManagedDisk) {}
     /// The last check right before the first write of `phase`: no other process holds the
     /// images it writes. An engine may already take hold of them here.
     fn prepare_write(&self, disk: &ManagedDisk, phase: Phase) -> Result<(), OpError> {

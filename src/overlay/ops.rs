@@ -231,6 +231,15 @@ pub fn resume_with(
     execute(rec, check, journal, progress, changed, true)
 }
 
+/// Lets go of what the engine held for the rebuild, when dropped.
+struct ReleaseHeld<'a>(&'a dyn super::engine::ImageEngine, ManagedDisk);
+
+impl Drop for ReleaseHeld<'_> {
+    fn drop(&mut self) {
+        self.0.release_held(&self.1);
+    }
+}
+
 /// The boot ID a commit's record gets when its unordered writes failed: never this boot's, so
 /// the resumed commit takes the crash path (see `history::before_commit`).
 const UNFLUSHED: &str = "unflushed";
@@ -245,6 +254,9 @@ fn execute(
 ) -> Result<Outcome, OpError> {
     let overlay = rec.disk.overlay.clone();
     let images = check.images(rec.disk.engine)?;
+    // What the engine keeps holding from the end of the commit to the rebuild, let go of on
+    // any way out before it.
+    let mut _release = None;
     if rec.phase == Phase::Committing {
         // Right before the write: QEMU's own locks cover the rest of the commit (a guest
         // started now cannot open the overlay).
@@ -284,6 +296,7 @@ fn execute(
             }
             return Err(failed(OpKind::Commit, &overlay, e, &data_in_overlay()));
         }
+        _release = Some(ReleaseHeld(images, rec.disk.clone()));
         crate::hook::kill_point("commit-written");
         progress(Progress::CheckingBase);
         if let Err(e) = images.check_base(&rec.disk) {

@@ -5,7 +5,7 @@
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use super::discover::inspect_overlay;
@@ -18,6 +18,23 @@ use super::types::{CommitWrites, Engine, ManagedDisk, Progress, Stamp};
 
 /// The local engine: `qemu-img` subprocesses on files this process can write.
 pub struct QemuImgEngine;
+
+/// QEMU's locks on overlays whose commit has written the base and whose rebuild is still to
+/// come. Taken the moment `qemu-img commit` exits, so a guest started before its overlay is
+/// replaced fails to start, as it does while qemu-img runs (otherwise it could open the old
+/// overlay between the two, and the rebuild would then refuse to replace it).
+static HELD_FOR_REBUILD: std::sync::Mutex<Vec<(PathBuf, image::QemuLocks)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn held_for_rebuild() -> std::sync::MutexGuard<'static, Vec<(PathBuf, image::QemuLocks)>> {
+    HELD_FOR_REBUILD.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn take_held(overlay: &Path) -> Option<image::QemuLocks> {
+    let mut held = held_for_rebuild();
+    let i = held.iter().position(|(p, _)| p == overlay)?;
+    Some(held.remove(i).1)
+}
 
 impl ImageEngine for QemuImgEngine {
     fn kind(&self) -> Engine {
@@ -33,11 +50,16 @@ impl ImageEngine for QemuImgEngine {
     }
 
     fn ensure_unlocked(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), OpError> {
-        if base_too {
-            image::ensure_unlocked(&[&disk.overlay, &disk.base])
-        } else {
-            image::ensure_unlocked(&[&disk.overlay])
+        // An overlay this process holds for its rebuild is closed to everyone else.
+        let held = held_for_rebuild().iter().any(|(p, _)| *p == disk.overlay);
+        let mut paths: Vec<&Path> = Vec::new();
+        if !held {
+            paths.push(&disk.overlay);
         }
+        if base_too {
+            paths.push(&disk.base);
+        }
+        image::ensure_unlocked(&paths)
     }
 
     fn ensure_writable(&self, disk: &ManagedDisk, base_too: bool) -> Result<(), OpError> {
@@ -81,7 +103,17 @@ impl ImageEngine for QemuImgEngine {
         writes: CommitWrites,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<(), String> {
-        commit_image(&disk.overlay, &disk.base, writes, progress)
+        commit_image(&disk.overlay, &disk.base, writes, progress)?;
+        // If a guest got the overlay in the instant since qemu-img let go, the checks before
+        // the rebuild see it.
+        if let Ok(locks) = image::hold_qemu_locks(&disk.overlay) {
+            held_for_rebuild().push((disk.overlay.clone(), locks));
+        }
+        Ok(())
+    }
+
+    fn release_held(&self, disk: &ManagedDisk) {
+        drop(take_held(&disk.overlay));
     }
 
     fn check_base(&self, disk: &ManagedDisk) -> Result<(), String> {
@@ -93,7 +125,7 @@ impl ImageEngine for QemuImgEngine {
     }
 
     fn rebuild(&self, disk: &ManagedDisk) -> Result<(), String> {
-        rebuild(disk)
+        rebuild_holding(disk, take_held(&disk.overlay))
     }
 
     fn probe(&self, path: &Path) -> Result<Probe, SkipReason> {
@@ -375,8 +407,16 @@ pub fn check_image(base: &Path, format: &str) -> Result<(), String> {
 /// on the old overlay are held until it is replaced: a guest started meanwhile fails to start
 /// instead of writing to a file that is about to be unlinked.
 pub fn rebuild(disk: &ManagedDisk) -> Result<(), String> {
+    rebuild_holding(disk, None)
+}
+
+/// [`rebuild`], with QEMU's locks on the overlay already held (`held`) or taken now.
+fn rebuild_holding(disk: &ManagedDisk, held: Option<image::QemuLocks>) -> Result<(), String> {
     let overlay = &disk.overlay;
-    let _held = image::hold_qemu_locks(overlay).map_err(|e| e.to_string())?;
+    let _held = match held {
+        Some(h) => h,
+        None => image::hold_qemu_locks(overlay).map_err(|e| e.to_string())?,
+    };
     let meta = std::fs::metadata(overlay).map_err(|e| format!("{}: {e}", overlay.display()))?;
     NewOverlay {
         place: overlay,
