@@ -365,6 +365,12 @@ fn firmware_variables_follow_an_undo_and_a_rollback() {
             .count()
     };
     assert!(copies() >= 8, "{} copies", copies());
+    for e in std::fs::read_dir(s.join("history")).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with("vars.fd") {
+            let mode = e.metadata().unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{:?}: the firmware's secrets", e.path());
+        }
+    }
     ok(s, uri, &["keep", name, "1"]);
     let kept = history(s, uri, name);
     assert_eq!(kept.len(), 1, "{kept:?}");
@@ -680,6 +686,8 @@ fn a_raw_base_keeps_revisions_as_undo_deltas() {
     assert_eq!(deltas.len(), 2, "{deltas:?}");
     for d in &deltas {
         qemu_img(&["check", "-q", "-f", "qcow2", d.to_str().unwrap()]);
+        let mode = std::fs::metadata(d).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: a copy of the guest's data", d.display());
         assert!(
             allocated(d) < 4 << 20,
             "{}: only what was overwritten",

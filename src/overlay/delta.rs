@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::journal::sync_dir;
@@ -59,7 +59,13 @@ fn write_file(
     path: &Path,
 ) -> std::io::Result<u64> {
     let src = File::open(base)?;
-    let f = File::create(path)?;
+    // A copy of the guest's data: readable by its owner only, whatever the base's mode.
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     // Data clusters from cluster 1 on, in guest order; the L2 entry of each guest cluster.
     let mut entries: Vec<(u64, u64)> = Vec::with_capacity(clusters.len());
     let mut next = 1u64;

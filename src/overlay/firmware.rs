@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::journal::sync_dir;
@@ -43,7 +43,13 @@ impl FirmwareStore {
         let data = fs::read(nvram)?;
         let dest = self.path_for(uuid);
         let tmp = dest.with_extension("fd.tmp");
-        let mut f = fs::File::create(&tmp)?;
+        // Firmware variables can hold secrets (Secure Boot keys): owner only.
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&data)?;
         f.sync_all()?;
         fs::rename(&tmp, &dest)?;

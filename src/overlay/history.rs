@@ -43,7 +43,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -407,7 +407,13 @@ impl Store {
         for (path, data) in [(&kept.vars, vars), (&kept.base_vars, base_vars)] {
             let tmp = path.with_extension("fd.tmp");
             let write = || -> std::io::Result<()> {
-                let mut f = fs::File::create(&tmp)?;
+                // Firmware variables can hold secrets (Secure Boot keys): owner only.
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
                 f.write_all(data)?;
                 f.sync_all()?;
                 fs::rename(&tmp, path)
