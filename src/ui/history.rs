@@ -34,7 +34,7 @@ pub struct View {
     pub summary: Vec<String>,
     /// "Undo" is offered.
     pub undo: bool,
-    /// Why there is no history (a raw base, the libvirt engine, no such VM).
+    /// Why there is no history (the libvirt engine, no such VM).
     pub error: Option<String>,
 }
 
