@@ -929,6 +929,54 @@ fn a_machine_crash_during_an_unordered_commit_is_undone_from_its_revision() {
     }
 }
 
+/// The same on a raw base: after a machine crash mid-commit the base goes back through the
+/// commit's undo delta (torn writes where the commit writes are undone), then the commit is
+/// made again; after a kill it is simply finished.
+#[test]
+fn a_machine_crash_during_a_commit_into_a_raw_base_goes_back_through_its_delta() {
+    let bed = testbed_shared();
+    for crashed in [true, false] {
+        let state = state_dir();
+        let s = state.path();
+        let vm = raw_vm(&bed.uri, &format!("vmo-hist-rawcrash-{crashed}"));
+        killed_at(
+            s,
+            &bed.uri,
+            "commit-written",
+            &["commit", &vm.name, "--yes"],
+        );
+        // A torn write where the commit writes.
+        common::run_ok(
+            std::process::Command::new("qemu-io")
+                .args(["-f", "raw", "-c", "write -P 0x77 64k 64k"])
+                .arg(&vm.base),
+        );
+        if crashed {
+            edit_record(s, |rec| {
+                rec["boot"] = "00000000-0000-4000-8000-000000000000".into();
+            });
+        }
+        let ran = ok(s, &bed.uri, &["status", &vm.name]);
+        assert_eq!(
+            ran.stderr.contains("the machine went down during a commit"),
+            crashed,
+            "{ran:?}"
+        );
+        assert!(journal_empty(s));
+        assert_eq!(changed(&vm.overlay), 0);
+        let raw =
+            |o: &str, l: &str, p: u8| common::images::reads_pattern_as("raw", &vm.base, p, o, l);
+        assert!(
+            raw("0", "1M", 0x5a),
+            "committed, the torn write overwritten"
+        );
+        assert!(raw("1M", "7M", 0x11), "the rest of the base as it was");
+        // And the commit can be undone, back to the base before it.
+        ok(s, &bed.uri, &["undo", &vm.name, "--yes"]);
+        assert!(raw("0", "8M", 0x11));
+    }
+}
+
 /// A kill at each step of taking a revision, rolling back and expiring loses nothing: the
 /// guest's data reads as before the interrupted operation or as after it, the next run
 /// finishes it (no journal record is left), and the history is consistent with the base.
