@@ -40,21 +40,25 @@ impl FirmwareStore {
     /// Records the current contents of `nvram` as the variables that go with the base.
     pub fn record(&self, uuid: &str, nvram: &Path) -> std::io::Result<()> {
         fs::create_dir_all(&self.dir)?;
-        let data = fs::read(nvram)?;
-        let dest = self.path_for(uuid);
-        let tmp = dest.with_extension("fd.tmp");
-        // Firmware variables can hold secrets (Secure Boot keys): owner only.
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)?;
+        write_private(&self.path_for(uuid), &fs::read(nvram)?)?;
         sync_dir(&self.dir)
     }
+}
+
+/// Writes a copy of firmware variables to `path` atomically (a temporary file, synced, then
+/// renamed; the caller syncs the directory). Owner only: variables can hold secrets (Secure
+/// Boot keys).
+pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("fd.tmp");
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)
 }
 
 /// Replaces `r.nvram` by the recorded variables, atomically, keeping its owner, group and

@@ -43,7 +43,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -405,20 +405,7 @@ impl Store {
             base_vars: self.dir.join(format!("{stem}.{id}.base-vars.fd")),
         };
         for (path, data) in [(&kept.vars, vars), (&kept.base_vars, base_vars)] {
-            let tmp = path.with_extension("fd.tmp");
-            let write = || -> std::io::Result<()> {
-                // Firmware variables can hold secrets (Secure Boot keys): owner only.
-                let mut f = fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                f.write_all(data)?;
-                f.sync_all()?;
-                fs::rename(&tmp, path)
-            };
-            write().map_err(|e| format!("{}: {e}", path.display()))?;
+            firmware::write_private(path, data).map_err(|e| format!("{}: {e}", path.display()))?;
         }
         sync_dir(&self.dir).map_err(|e| e.to_string())?;
         Ok(kept)
