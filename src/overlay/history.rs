@@ -149,9 +149,12 @@ pub struct FirmwareFollow {
 impl Revision {
     /// The bytes this revision holds on disk, where known.
     pub fn held_bytes(&self) -> Option<u64> {
+        // Its files: a kept overlay, an undo delta, copies of firmware variables.
+        let firmware = self.firmware.iter().flat_map(|k| [&k.vars, &k.base_vars]);
         let file = [&self.overlay_file, &self.delta]
             .into_iter()
             .flatten()
+            .chain(firmware)
             .filter_map(|f| fs::metadata(f).ok())
             .map(|m| m.blocks() * 512)
             .reduce(|a, b| a + b);
