@@ -929,6 +929,68 @@ fn a_machine_crash_during_an_unordered_commit_is_undone_from_its_revision() {
     }
 }
 
+/// A guest started while a rollback writes the base (here stopped right before it does:
+/// `VMOVERLAY_TEST_STOP_AT`) fails to start on QEMU's lock of the overlay, and the rollback
+/// then completes.
+#[test]
+fn a_guest_started_during_a_rollback_fails_to_start() {
+    let bed = testbed_shared();
+    let state = state_dir();
+    let s = state.path();
+    let uri = bed.uri.as_str();
+    let vm = raw_vm(uri, "vmo-hist-rb-start");
+    let original = checksum(&vm.base);
+    ok(s, uri, &["commit", &vm.name, "--yes"]);
+    let rev = ids(&history(s, uri, &vm.name))[0].to_string();
+    let rollback = std::process::Command::new(common::bin())
+        .args(["rollback", &vm.name, &rev, "--yes", "--connect", uri])
+        .env("VMOVERLAY_STATE_DIR", s)
+        .env("VMOVERLAY_CONFIG_DIR", s.join("config"))
+        .env("VMOVERLAY_TEST_STOP_AT", "history-rollback-apply")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = rollback.id().to_string();
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|st| st.rsplit(") ").next().is_some_and(|r| r.starts_with('T')))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the rollback never got there"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let start = std::process::Command::new("virsh")
+        .args(["-q", "-c", uri, "start", &vm.name])
+        .output()
+        .unwrap();
+    let cont = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    assert!(cont.unwrap().success());
+    let out = rollback.wait_with_output().unwrap();
+    assert!(
+        !start.status.success(),
+        "the guest started during the rollback"
+    );
+    let why = String::from_utf8_lossy(&start.stderr);
+    assert!(
+        why.contains("lock"),
+        "start failed for another reason: {why}"
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(checksum(&vm.base), original);
+    assert_eq!(changed(&vm.overlay), 0);
+}
+
 /// The same on a raw base: after a machine crash mid-commit the base goes back through the
 /// commit's undo delta (torn writes where the commit writes are undone), then the commit is
 /// made again; after a kill it is simply finished.

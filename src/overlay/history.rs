@@ -1346,6 +1346,10 @@ fn run_record(
                 rollback_data(),
             )
         })?;
+    // From here until the overlay is replaced, a guest started meanwhile fails to start
+    // instead of running on a base half gone back.
+    let held = image::hold_qemu_locks(&overlay)
+        .map_err(|e| failed(&overlay, e.to_string(), rollback_data()))?;
     kill_point("history-rollback-apply");
     if h.raw {
         // Each undo delta from the newest down to the revision's (repeating them is harmless).
@@ -1371,8 +1375,8 @@ fn run_record(
             .map_err(|e| failed(&overlay, e, rollback_data()))?;
     }
     match &rev.overlay_file {
-        Some(kept) => restore_overlay(&disk, kept),
-        None => qemu_img::rebuild(&disk),
+        Some(kept) => restore_overlay(&disk, kept, held),
+        None => qemu_img::rebuild_holding(&disk, Some(held)),
     }
     .map_err(|e| failed(&overlay, e, rollback_data()))?;
     store
@@ -1416,9 +1420,8 @@ fn run_record(
 
 /// Puts a copy of the kept overlay `kept` in place of the overlay (the revision keeps its
 /// file, so it can be rolled back to again): copied beside it, then renamed over it.
-fn restore_overlay(disk: &ManagedDisk, kept: &Path) -> Result<(), String> {
+fn restore_overlay(disk: &ManagedDisk, kept: &Path, _held: image::QemuLocks) -> Result<(), String> {
     let overlay = &disk.overlay;
-    let _held = image::hold_qemu_locks(overlay).map_err(|e| e.to_string())?;
     let dir = overlay.parent().ok_or("overlay has no directory")?;
     let name = overlay.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.vmoverlay-new"));

@@ -411,7 +411,7 @@ pub fn rebuild(disk: &ManagedDisk) -> Result<(), String> {
 }
 
 /// [`rebuild`], with QEMU's locks on the overlay already held (`held`) or taken now.
-fn rebuild_holding(disk: &ManagedDisk, held: Option<image::QemuLocks>) -> Result<(), String> {
+pub fn rebuild_holding(disk: &ManagedDisk, held: Option<image::QemuLocks>) -> Result<(), String> {
     let overlay = &disk.overlay;
     let _held = match held {
         Some(h) => h,
