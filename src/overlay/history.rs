@@ -1375,8 +1375,8 @@ fn run_record(
             .map_err(|e| failed(&overlay, e, rollback_data()))?;
     }
     match &rev.overlay_file {
-        Some(kept) => restore_overlay(&disk, kept, held),
-        None => qemu_img::rebuild_holding(&disk, Some(held)),
+        Some(kept) => restore_overlay(&disk, kept, &held),
+        None => qemu_img::rebuild_holding(&disk, &held),
     }
     .map_err(|e| failed(&overlay, e, rollback_data()))?;
     store
@@ -1406,6 +1406,8 @@ fn run_record(
                 )
             })?;
     }
+    // Until the variables are back too, no guest may start (and boot with the old ones).
+    drop(held);
     if let Err(e) = retain(journal, &disk) {
         log::warn!("{}: expiring old revisions: {e}", overlay.display());
     }
@@ -1420,7 +1422,11 @@ fn run_record(
 
 /// Puts a copy of the kept overlay `kept` in place of the overlay (the revision keeps its
 /// file, so it can be rolled back to again): copied beside it, then renamed over it.
-fn restore_overlay(disk: &ManagedDisk, kept: &Path, _held: image::QemuLocks) -> Result<(), String> {
+fn restore_overlay(
+    disk: &ManagedDisk,
+    kept: &Path,
+    _held: &image::QemuLocks,
+) -> Result<(), String> {
     let overlay = &disk.overlay;
     let dir = overlay.parent().ok_or("overlay has no directory")?;
     let name = overlay.file_name().unwrap_or_default().to_string_lossy();

@@ -125,7 +125,10 @@ impl ImageEngine for QemuImgEngine {
     }
 
     fn rebuild(&self, disk: &ManagedDisk) -> Result<(), String> {
-        rebuild_holding(disk, take_held(&disk.overlay))
+        match take_held(&disk.overlay) {
+            Some(held) => rebuild_holding(disk, &held),
+            None => rebuild(disk),
+        }
     }
 
     fn probe(&self, path: &Path) -> Result<Probe, SkipReason> {
@@ -407,16 +410,13 @@ pub fn check_image(base: &Path, format: &str) -> Result<(), String> {
 /// on the old overlay are held until it is replaced: a guest started meanwhile fails to start
 /// instead of writing to a file that is about to be unlinked.
 pub fn rebuild(disk: &ManagedDisk) -> Result<(), String> {
-    rebuild_holding(disk, None)
+    let held = image::hold_qemu_locks(&disk.overlay).map_err(|e| e.to_string())?;
+    rebuild_holding(disk, &held)
 }
 
-/// [`rebuild`], with QEMU's locks on the overlay already held (`held`) or taken now.
-pub fn rebuild_holding(disk: &ManagedDisk, held: Option<image::QemuLocks>) -> Result<(), String> {
+/// [`rebuild`], while the caller holds QEMU's locks on the overlay (`_held`).
+pub fn rebuild_holding(disk: &ManagedDisk, _held: &image::QemuLocks) -> Result<(), String> {
     let overlay = &disk.overlay;
-    let _held = match held {
-        Some(h) => h,
-        None => image::hold_qemu_locks(overlay).map_err(|e| e.to_string())?,
-    };
     let meta = std::fs::metadata(overlay).map_err(|e| format!("{}: {e}", overlay.display()))?;
     NewOverlay {
         place: overlay,
